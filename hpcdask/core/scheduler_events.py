@@ -1,0 +1,165 @@
+"""What goes into and comes out of `SchedulerState.handle`.
+
+Events describe something that happened (a graph arrived, a worker finished a task, a worker
+died). Instructions describe what the async server must do (send a task to a worker, tell a client
+its key is ready). Payloads such as task functions, arguments and exceptions are opaque here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class NewTask:
+    """One task of a graph update. `dependencies` are keys; `func`/`args` are opaque."""
+
+    key: str
+    func: Any = None
+    args: Any = None
+    dependencies: tuple = ()
+    priority: int = 0  # user priority: higher runs first
+    retries: int = 0
+    workers: tuple | None = None  # addresses, names or hostnames
+    resources: dict | None = None
+    allow_other_workers: bool = False
+
+
+@dataclass(slots=True)
+class UpdateGraph:
+    client: str
+    tasks: list  # list[NewTask], in the order the client wants them run when all else is equal
+    wanted: list  # keys the client holds futures for
+    stimulus_id: str = "update-graph"
+
+
+@dataclass(slots=True)
+class AddClient:
+    client: str
+
+
+@dataclass(slots=True)
+class RemoveClient:
+    client: str
+
+
+@dataclass(slots=True)
+class ReleaseKeys:
+    """A client dropped its last future for these keys."""
+
+    client: str
+    keys: list
+
+
+@dataclass(slots=True)
+class WantKeys:
+    """A client holds new futures for keys that exist (e.g. a future unpickled in the client)."""
+
+    client: str
+    keys: list
+
+
+@dataclass(slots=True)
+class CancelKeys:
+    client: str
+    keys: list
+    reason: str = "cancelled by the client"
+
+
+@dataclass(slots=True)
+class RetryKeys:
+    client: str
+    keys: list
+
+
+@dataclass(slots=True)
+class AddWorker:
+    address: str
+    nthreads: int
+    name: str | None = None
+    memory_limit: int = 0
+    resources: dict | None = None
+    host: str = ""
+    keys: dict | None = None  # key -> nbytes already held (a worker reconnecting)
+
+
+@dataclass(slots=True)
+class RemoveWorker:
+    address: str
+    reason: str = ""
+    safe: bool = False  # True when the worker left on purpose: its running tasks are not suspects
+
+
+@dataclass(slots=True)
+class TaskFinished:
+    worker: str
+    key: str
+    nbytes: int = 0
+    typename: str = ""
+    duration: float = 0.0
+
+
+@dataclass(slots=True)
+class TaskErred:
+    worker: str
+    key: str
+    exception: Any = None
+    traceback: Any = None
+    text: str = ""
+
+
+@dataclass(slots=True)
+class DataAdded:
+    """Data arrived on a worker without being computed there (scatter, replication)."""
+
+    worker: str
+    nbytes: dict  # key -> nbytes
+    client: str | None = None  # the scattering client, which then wants the keys
+
+
+@dataclass(slots=True)
+class MissingData:
+    """`worker` asked `errant` for `key` to run `dependent`, and `errant` did not have it."""
+
+    key: str
+    errant: str
+    worker: str
+    dependent: str | None = None
+
+
+@dataclass(slots=True)
+class WorkerReleasedKey:
+    """A worker dropped its copy of a key on its own (retirement, memory pressure)."""
+
+    worker: str
+    key: str
+
+
+# ---------------------------------------------------------------- instructions
+
+
+@dataclass(slots=True)
+class Compute:
+    worker: str
+    key: str
+    func: Any
+    args: Any
+    who_has: dict  # dependency key -> list of worker addresses
+    nbytes: dict  # dependency key -> nbytes
+    priority: int
+    resources: dict | None = None
+
+
+@dataclass(slots=True)
+class FreeKeys:
+    worker: str
+    keys: list
+
+
+@dataclass(slots=True)
+class ReportToClient:
+    client: str
+    msg: dict = field(default_factory=dict)

@@ -1,0 +1,428 @@
+"""The worker's decisions as a plain synchronous state machine.
+
+`WorkerState.handle(*events)` returns instructions for the async `Worker`: run a task, fetch
+inputs from a peer, send a message to the scheduler, drop data. The data itself lives in the
+server; this class only knows keys, sizes and where inputs can be found.
+
+Task states on a worker: fetch -> flight -> memory for inputs held elsewhere; waiting -> ready
+(-> constrained while resources are busy) -> executing -> memory | error for tasks to compute;
+`cancelled` marks an executing task the scheduler no longer wants (its result is dropped).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+MAX_FLIGHTS = 8  # concurrent fetches from peers
+FETCH_BATCH_BYTES = 64 * 2**20  # keys per request to a peer, up to this size
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class ComputeTask:
+    key: str
+    func: Any
+    args: Any
+    who_has: dict  # dependency key -> list of addresses
+    nbytes: dict
+    priority: int = 0
+    resources: dict | None = None
+
+
+@dataclass(slots=True)
+class FreeKeys:
+    keys: list
+
+
+@dataclass(slots=True)
+class ExecuteSuccess:
+    key: str
+    nbytes: int
+    typename: str
+    duration: float
+
+
+@dataclass(slots=True)
+class ExecuteFailure:
+    key: str
+    exception: Any
+    traceback: Any
+    text: str
+
+
+@dataclass(slots=True)
+class GatherDone:
+    worker: str
+    nbytes: dict  # keys received -> nbytes
+    missing: list  # keys the peer did not have
+
+
+@dataclass(slots=True)
+class GatherFailed:
+    """The peer could not be reached: it is forgotten as a source for every key."""
+
+    worker: str
+    keys: list
+
+
+@dataclass(slots=True)
+class AddData:
+    nbytes: dict  # keys put into the store directly (scatter) -> nbytes
+
+
+# ---------------------------------------------------------------- instructions
+
+
+@dataclass(slots=True)
+class Execute:
+    key: str
+
+
+@dataclass(slots=True)
+class GatherDep:
+    worker: str
+    keys: list
+
+
+@dataclass(slots=True)
+class SendToScheduler:
+    msg: dict
+
+
+@dataclass(slots=True)
+class DropData:
+    keys: list
+
+
+class WTask:
+    __slots__ = (
+        "key", "state", "func", "args", "priority", "dependencies", "dependents",
+        "waiting_for", "who_has", "nbytes", "resources", "coming_from",
+    )  # fmt: skip
+
+    def __init__(self, key: str, state: str) -> None:
+        self.key = key
+        self.state = state
+        self.func: Any = None
+        self.args: Any = None
+        self.priority = 0
+        self.dependencies: list[WTask] = []
+        self.dependents: set[WTask] = set()
+        self.waiting_for: set[WTask] = set()
+        self.who_has: set[str] = set()
+        self.nbytes = 0
+        self.resources: dict | None = None
+        self.coming_from: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<WTask {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    def __init__(self, address: str, nthreads: int = 1, resources: dict | None = None) -> None:
+        self.address = address
+        self.nthreads = nthreads
+        self.total_resources = dict(resources or {})
+        self.available_resources = dict(resources or {})
+        self.tasks: dict[str, WTask] = {}
+        self.ready: list[tuple[int, int, WTask]] = []
+        self.constrained: list[WTask] = []
+        self.executing: set[WTask] = set()
+        self.in_flight_workers: dict[str, set[WTask]] = {}
+        self.to_fetch: set[WTask] = set()  # may hold stale entries; filtered by state
+        self.nbytes_in_memory = 0
+        self._seq = 0
+        self._out: list = []
+        self._handlers = {
+            ComputeTask: self._compute,
+            FreeKeys: self._free,
+            ExecuteSuccess: self._success,
+            ExecuteFailure: self._failure,
+            GatherDone: self._gather_done,
+            GatherFailed: self._gather_failed,
+            AddData: self._add_data,
+        }
+
+    def handle(self, *events: Any) -> list:
+        for ev in events:
+            self._handlers[type(ev)](ev)
+        self._ensure_fetching()
+        self._ensure_computing()
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def in_memory(self) -> list[str]:
+        return [k for k, ts in self.tasks.items() if ts.state == "memory"]
+
+    # ------------------------------------------------------------ events
+
+    def _compute(self, ev: ComputeTask) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is not None:
+            if ts.state == "memory":
+                self._out.append(SendToScheduler({"op": "task-finished", "key": ev.key,
+                                                  "nbytes": ts.nbytes, "type": "", "duration": 0.0}))  # fmt: skip
+                return
+            if ts.state == "cancelled":  # asked again while still running: keep the result
+                ts.state = "executing"
+                return
+            if ts.state in ("waiting", "ready", "constrained", "executing"):
+                return
+            # it was only an input we were fetching: now we also compute it
+        else:
+            ts = self.tasks[ev.key] = WTask(ev.key, "waiting")
+        ts.state = "waiting"
+        ts.func = ev.func
+        ts.args = ev.args
+        ts.priority = ev.priority
+        ts.resources = ev.resources
+        for dkey, addresses in ev.who_has.items():
+            dts = self.tasks.get(dkey)
+            if dts is None:
+                dts = self.tasks[dkey] = WTask(dkey, "fetch")
+                dts.nbytes = ev.nbytes.get(dkey, 0)
+            if dts.state in ("fetch", "flight", "missing"):
+                dts.who_has.update(a for a in addresses if a != self.address)
+                if dts.state == "missing":
+                    dts.state = "fetch"
+                if dts.state == "fetch":
+                    self.to_fetch.add(dts)
+            ts.dependencies.append(dts)
+            dts.dependents.add(ts)
+            if dts.state != "memory":
+                ts.waiting_for.add(dts)
+        if not ts.waiting_for:
+            self._make_ready(ts)
+
+    def _free(self, ev: FreeKeys) -> None:
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            if ts.state == "executing":
+                ts.state = "cancelled"
+                continue
+            if ts.state == "cancelled":
+                continue
+            if ts.dependents and any(d.state not in ("memory", "error") for d in ts.dependents):
+                # Still an input of a task here; it goes when that task is done.
+                if ts.state in ("waiting", "ready", "constrained"):
+                    self._drop_compute(ts)
+                continue
+            self._forget(ts)
+
+    def _success(self, ev: ExecuteSuccess) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None:
+            self._out.append(DropData([ev.key]))
+            return
+        self._release_slot(ts)
+        if ts.state == "cancelled":
+            self._forget(ts)
+            return
+        ts.state = "memory"
+        ts.nbytes = ev.nbytes
+        self.nbytes_in_memory += ev.nbytes
+        self._out.append(SendToScheduler({"op": "task-finished", "key": ts.key, "nbytes": ev.nbytes,
+                                          "type": ev.typename, "duration": ev.duration}))  # fmt: skip
+        self._inputs_done(ts)
+        self._wake_dependents(ts)
+
+    def _failure(self, ev: ExecuteFailure) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None:
+            return
+        self._release_slot(ts)
+        if ts.state == "cancelled":
+            self._forget(ts)
+            return
+        ts.state = "error"
+        self._out.append(SendToScheduler({"op": "task-erred", "key": ts.key,
+                                          "exception": ev.exception, "traceback": ev.traceback,
+                                          "text": ev.text}))  # fmt: skip
+        self._inputs_done(ts)
+        self._forget(ts, drop=False)
+
+    def _gather_done(self, ev: GatherDone) -> None:
+        flights = self.in_flight_workers.pop(ev.worker, set())
+        received = {}
+        for ts in flights:
+            ts.coming_from = None
+            if ts.key in ev.nbytes:
+                if ts.state != "flight":  # nobody needs it any more
+                    self._out.append(DropData([ts.key]))
+                    continue
+                ts.state = "memory"
+                ts.nbytes = ev.nbytes[ts.key]
+                self.nbytes_in_memory += ts.nbytes
+                received[ts.key] = ts.nbytes
+                self._wake_dependents(ts)
+            else:
+                ts.who_has.discard(ev.worker)
+                self._refetch(ts, ev.worker)
+        if received:
+            self._out.append(SendToScheduler({"op": "add-keys", "nbytes": received}))
+
+    def _gather_failed(self, ev: GatherFailed) -> None:
+        flights = self.in_flight_workers.pop(ev.worker, set())
+        for ts in self.tasks.values():
+            ts.who_has.discard(ev.worker)
+        for ts in flights:
+            ts.coming_from = None
+            self._refetch(ts, ev.worker)
+
+    def _add_data(self, ev: AddData) -> None:
+        for key, nbytes in ev.nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = WTask(key, "memory")
+            elif ts.state == "memory":
+                self.nbytes_in_memory -= ts.nbytes
+            ts.state = "memory"
+            ts.nbytes = nbytes
+            self.nbytes_in_memory += nbytes
+            self._wake_dependents(ts)
+
+    # ------------------------------------------------------------ helpers
+
+    def _refetch(self, ts: WTask, errant: str) -> None:
+        if ts.state != "flight":
+            if ts.state == "fetch-cancelled":
+                self._forget(ts)
+            return
+        if ts.who_has:
+            ts.state = "fetch"
+            self.to_fetch.add(ts)
+            return
+        ts.state = "missing"
+        for dep in list(ts.dependents):
+            self._out.append(SendToScheduler({"op": "missing-data", "key": ts.key,
+                                              "errant": errant, "dependent": dep.key}))  # fmt: skip
+            if dep.state in ("waiting", "ready", "constrained"):
+                self._drop_compute(dep)
+        if not ts.dependents:
+            self._forget(ts)
+
+    def _make_ready(self, ts: WTask) -> None:
+        ts.state = "ready"
+        self._seq += 1
+        heapq.heappush(self.ready, (ts.priority, self._seq, ts))
+
+    def _wake_dependents(self, ts: WTask) -> None:
+        for dep in ts.dependents:
+            if dep.state == "waiting" and ts in dep.waiting_for:
+                dep.waiting_for.discard(ts)
+                if not dep.waiting_for:
+                    self._make_ready(dep)
+
+    def _inputs_done(self, ts: WTask) -> None:
+        """`ts` ran: its inputs stay (the scheduler frees them) but stop pointing at it."""
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts)
+        ts.dependencies = []
+        ts.func = ts.args = None
+
+    def _drop_compute(self, ts: WTask) -> None:
+        """Stop planning to compute `ts`; keep it only if it is an input of something else."""
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts)
+            if not dts.dependents and dts.state in ("fetch", "missing"):
+                self._forget(dts)
+            elif not dts.dependents and dts.state == "flight":
+                dts.state = "fetch-cancelled"
+        ts.dependencies = []
+        ts.waiting_for = set()
+        if ts in self.constrained:
+            self.constrained.remove(ts)
+        self.tasks.pop(ts.key, None)
+        ts.state = "released"
+
+    def _forget(self, ts: WTask, drop: bool = True) -> None:
+        if ts.state in ("waiting", "ready", "constrained"):
+            self._drop_compute(ts)
+            return
+        if ts.state == "flight":
+            ts.state = "fetch-cancelled"
+            return
+        if ts.state == "memory":
+            self.nbytes_in_memory -= ts.nbytes
+        if drop and ts.state in ("memory", "cancelled"):
+            self._out.append(DropData([ts.key]))
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts)
+        self.tasks.pop(ts.key, None)
+        ts.state = "released"
+
+    def _release_slot(self, ts: WTask) -> None:
+        self.executing.discard(ts)
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                self.available_resources[name] = self.available_resources.get(name, 0) + amount
+
+    def _ensure_computing(self) -> None:
+        while len(self.executing) < self.nthreads:
+            ts = self._next_runnable()
+            if ts is None:
+                return
+            ts.state = "executing"
+            self.executing.add(ts)
+            self._out.append(Execute(ts.key))
+
+    def _next_runnable(self) -> WTask | None:
+        for ts in self.constrained:
+            if self._acquire(ts):
+                self.constrained.remove(ts)
+                return ts
+        while self.ready:
+            ts = heapq.heappop(self.ready)[2]
+            if ts.state != "ready":
+                continue
+            if ts.resources and not self._acquire(ts):
+                ts.state = "constrained"
+                self.constrained.append(ts)
+                continue
+            return ts
+        return None
+
+    def _acquire(self, ts: WTask) -> bool:
+        avail = self.available_resources
+        if any(avail.get(n, 0) < a for n, a in ts.resources.items()):
+            return False
+        for n, a in ts.resources.items():
+            avail[n] -= a
+        return True
+
+    def _ensure_fetching(self) -> None:
+        if len(self.in_flight_workers) >= MAX_FLIGHTS:
+            return
+        to_fetch: dict[str, list[WTask]] = {}
+        for ts in list(self.to_fetch):
+            if ts.state != "fetch" or not ts.dependents:
+                self.to_fetch.discard(ts)
+                continue
+            candidates = [w for w in ts.who_has if w not in self.in_flight_workers]
+            if not candidates:
+                continue
+            # Prefer a peer we are already asking for something else in this round.
+            worker = next((w for w in candidates if w in to_fetch), candidates[0])
+            to_fetch.setdefault(worker, []).append(ts)
+        for worker, tss in to_fetch.items():
+            if len(self.in_flight_workers) >= MAX_FLIGHTS:
+                break
+            batch, size = [], 0
+            for ts in sorted(tss, key=lambda t: min(d.priority for d in t.dependents)):
+                if batch and size + ts.nbytes > FETCH_BATCH_BYTES:
+                    break
+                batch.append(ts)
+                size += ts.nbytes
+            for ts in batch:
+                self.to_fetch.discard(ts)
+                ts.state = "flight"
+                ts.coming_from = worker
+            self.in_flight_workers[worker] = set(batch)
+            self._out.append(GatherDep(worker, [ts.key for ts in batch]))
