@@ -1,4 +1,55 @@
 """hpcdask: task graphs and futures on HPC clusters.
 
-Public names are re-exported here; everything else is private.
+Public names are re-exported here (the rest is private); they follow dask.distributed, so
+`from hpcdask import Client, LocalCluster` replaces `from distributed import ...`.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Client,
+    Future,
+    as_completed,
+    fire_and_forget,
+    wait,
+)
+from .client.client import default_client as get_client
+from .core.exceptions import FutureCancelledError, KilledWorker
+from .deploy import Cluster, LocalCluster
+from .plugins import SchedulerPlugin, WorkerPlugin
+from .scheduler import Scheduler
+from .security import Security
+from .worker import Nanny, Worker, get_worker
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "JobQueueCluster": "hpcdask.jobqueue",
+    "SLURMCluster": "hpcdask.jobqueue",
+    "PBSCluster": "hpcdask.jobqueue",
+    "SGECluster": "hpcdask.jobqueue",
+    "initialize": "hpcdask.mpi",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Optional layers load on first use so `import hpcdask` stays fast.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hpcdask' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Cluster", "Future",
+    "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny", "Scheduler",
+    "SchedulerPlugin", "Security", "Worker", "WorkerPlugin", "as_completed", "fire_and_forget",
+    "get_client", "get_worker", "wait", *_LAZY,
+]  # fmt: skip

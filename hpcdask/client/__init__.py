@@ -1,0 +1,15 @@
+from .client import Client, default_client
+from .future import Future
+from .waiting import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    as_completed,
+    fire_and_forget,
+    wait,
+)
+
+__all__ = [
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Future",
+    "as_completed", "default_client", "fire_and_forget", "wait",
+]  # fmt: skip

@@ -1,37 +1,270 @@
-"""Layered configuration (placeholder API; the full loader replaces the internals).
+"""Layered configuration: package defaults < site profile < system and user files < environment.
 
-`get("key.sub", default)` reads dotted keys. Environment variables `HPCDASK_KEY__SUB`
-(double underscore for a dot, single dashes as underscores) override everything.
+`get("comm.timeouts.connect")` reads a dotted key; `set({...})` / `set(a__b=1)` overrides keys
+for this process (and undoes it when used as a context manager). Files are checked against the
+defaults file, so a misspelt key or a wrong type fails loudly, naming the key and the file.
+
+Environment: `HPCDASK_A__B_C=value` sets `a.b-c` (value read as a YAML scalar; string-typed keys
+keep the raw text). `HPCDASK_CONFIG` names one more YAML file or folder.
+Batch systems share `jobqueue.common`; `jobqueue.<system>` overrides it, layer by layer, so that
+`get("jobqueue.slurm.cores")` already includes the common block.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
+from pathlib import Path
 from typing import Any
 
-_DEFAULTS: dict[str, Any] = {
-    "scheduler-address": None,
-    "secret": None,
-    "secrets-dir": "~/.hpcdask/secrets",
-    "comm.timeouts.connect": 30.0,
-    "comm.default-scheme": "tcp",
-}
-_overrides: dict[str, Any] = {}
+from ._schema import ConfigError, Typed, load_file, normalize, parse_scalar, validate
+from ._sites import find_site, list_sites, load_site
+
+__all__ = ["ConfigError", "get", "set", "refresh", "collect", "sources", "find_site",
+           "list_sites", "load_site", "defaults", "SYSTEMS", "config_paths"]  # fmt: skip
+
+_DEFAULTS_FILE = Path(__file__).with_name("hpcdask.yaml")
+_ENV_PREFIX = "HPCDASK_"
+_NOT_KEYS = {"HPCDASK_CONFIG", "HPCDASK_READY_FD", "HPCDASK_NANNY_PID"}  # process plumbing
+_lock = threading.RLock()
+_cache: dict[str, Any] = {}
+_overrides: list[dict] = []  # stack of set() layers, innermost last
 
 
-def _env_name(key: str) -> str:
-    return "HPCDASK_" + key.upper().replace(".", "__").replace("-", "_")
+def defaults() -> dict:
+    """The parsed defaults file (typed nulls kept as `Typed` markers): the schema."""
+    if "defaults" not in _cache:
+        _cache["defaults"] = load_file(_DEFAULTS_FILE)
+    return _cache["defaults"]
+
+
+def _jobqueue_schema() -> tuple[dict, dict]:
+    jq = defaults()["jobqueue"]
+    common = jq["common"]
+    systems = {k: v for k, v in jq.items() if isinstance(v, dict) and k != "common"}
+    return common, systems
+
+
+SYSTEMS = ("slurm", "pbs", "sge")
+
+
+def schema() -> dict:
+    """Defaults with every system block widened by the common keys (what a layer may contain)."""
+    if "schema" not in _cache:
+        s = copy.deepcopy(defaults())
+        common, systems = _jobqueue_schema()
+        for name, own in systems.items():
+            s["jobqueue"][name] = {**common, **own}
+        _cache["schema"] = s
+    return _cache["schema"]
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, Typed):
+        return None
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict, new: dict) -> dict:
+    """Deep merge; mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and out.get(k):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _expand_common(layer: dict) -> dict:
+    """Copy a layer's jobqueue.common into each of its system blocks (the system wins)."""
+    jq = layer.get("jobqueue")
+    if not isinstance(jq, dict) or not jq.get("common"):
+        return layer
+    _, systems = _jobqueue_schema()
+    jq = dict(jq)
+    for name in systems:
+        jq[name] = _merge(jq["common"], jq.get(name) or {})
+    return {**layer, "jobqueue": jq}
+
+
+def _check_common(layer: dict, source: str) -> dict:
+    common_schema, systems = _jobqueue_schema()
+    common = (layer.get("jobqueue") or {}).get("common") or {}
+    for key in common:
+        if key not in common_schema:
+            owner = [s for s, own in systems.items() if key in own]
+            where = f" (it belongs under jobqueue.{owner[0]})" if owner else ""
+            raise ConfigError(f"{source}: unknown configuration key 'jobqueue.common.{key}'{where}")
+    return layer
+
+
+def read_layer(data: dict, source: str) -> dict:
+    """Validate one layer and expand its common jobqueue block."""
+    layer = validate(data, schema(), source)
+    return _expand_common(_check_common(layer, source))
+
+
+def config_paths() -> list[Path]:
+    """User and system files, lowest precedence first."""
+    paths: list[Path] = []
+    dirs = [Path("/etc/hpcdask"), Path(os.path.expanduser("~/.config/hpcdask"))]
+    extra = os.environ.get("HPCDASK_CONFIG")
+    for d in dirs:
+        if d.is_dir():
+            paths += sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if extra:
+        p = Path(os.path.expanduser(extra))
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
+        else:
+            paths.append(p)  # a missing file named explicitly is an error when read
+    return paths
+
+
+def _file_layers() -> list[tuple[str, dict]]:
+    if "files" not in _cache:
+        _cache["files"] = [(str(p), read_layer(load_file(p), str(p))) for p in config_paths()]
+    return _cache["files"]
+
+
+def _env_key(name: str) -> str:
+    return ".".join(normalize(part) for part in name[len(_ENV_PREFIX):].split("__"))
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+_MISSING = object()
+
+
+def _env_value(name: str, raw: str) -> tuple[str, Any]:
+    """(key, value) of one HPCDASK_* variable; unknown single-word names are not config."""
+    key = _env_key(name)
+    default = _lookup(schema(), key)
+    if default is _MISSING and "__" not in name[len(_ENV_PREFIX):]:
+        return key, _MISSING
+    string_typed = isinstance(default, str) or (isinstance(default, Typed) and default.type == "str")
+    value = raw if string_typed else parse_scalar(raw)
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def _env_layers() -> list[tuple[str, dict]]:
+    layers = []
+    for name in sorted(os.environ):
+        if not name.startswith(_ENV_PREFIX) or name in _NOT_KEYS:
+            continue
+        key, value = _env_value(name, os.environ[name])
+        if value is _MISSING:
+            continue
+        source = f"environment variable {name}"
+        layers.append((source, read_layer(_nest(key, value), source)))
+    return layers
+
+
+def sources(site: str | None = None) -> list[tuple[str, dict]]:
+    """Every layer as (where it came from, validated data), lowest precedence first."""
+    with _lock:
+        user = _file_layers() + _env_layers()
+        if site is None:
+            for _, layer in reversed(user):
+                chosen = _lookup(layer, "jobqueue.site")
+                if chosen is not _MISSING and chosen:
+                    site = chosen
+                    break
+        layers = [(str(_DEFAULTS_FILE), _expand_common(_strip(defaults())))]
+        if site:
+            path = find_site(site, _site_dirs(user))
+            layers.append((str(path), read_layer(load_site(path)["config"], str(path))))
+        return layers + user + [("config.set()", o) for o in _overrides]
+
+
+def _site_dirs(user: list[tuple[str, dict]]) -> list[str]:
+    """jobqueue.site-dirs from the highest user layer that sets it."""
+    for _, layer in reversed(user):
+        dirs = _lookup(layer, "jobqueue.site-dirs")
+        if dirs is not _MISSING and dirs is not None:
+            return dirs
+    return []
+
+
+def collect(site: str | None = None) -> dict:
+    """The merged configuration, re-reading the environment (and a given site profile)."""
+    out: dict = {}
+    for _, layer in sources(site):
+        out = _merge(out, layer)
+    return out
+
+
+def _merged() -> dict:
+    with _lock:
+        if "merged" not in _cache:
+            _cache["merged"] = collect()
+        return _cache["merged"]
 
 
 def get(key: str, default: Any = None) -> Any:
-    env = os.environ.get(_env_name(key))
-    if env is not None:
-        return env
-    if key in _overrides:
-        return _overrides[key]
-    return _DEFAULTS.get(key, default) if _DEFAULTS.get(key) is not None else default
+    """The value of dotted *key*, or *default* when it is unset (None) or unknown."""
+    key = ".".join(normalize(p) for p in key.split("."))
+    for layer in reversed(_overrides):
+        value = _lookup(layer, key)
+        if value is not _MISSING:
+            return copy.deepcopy(value) if value is not None else default
+    env = _ENV_PREFIX + key.upper().replace(".", "__").replace("-", "_")
+    raw = os.environ.get(env)
+    if raw is not None and env not in _NOT_KEYS:
+        _, value = _env_value(env, raw)
+        if value is not _MISSING:
+            return value
+    value = _lookup(_merged(), key)
+    if value is _MISSING or value is None:
+        return default
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
 
-def set(**kwargs: Any) -> None:  # noqa: A001 - mirrors dask.config.set
-    for k, v in kwargs.items():
-        _overrides[k.replace("__", ".")] = v
+class set:  # noqa: N801 - a function-like context manager, as dask.config.set
+    """Override keys for this process: `set({"a.b": 1})`, `set(a__b=1)`, or `with set(...):`."""
+
+    def __init__(self, arg: dict | None = None, **kwargs: Any) -> None:
+        items = {**(arg or {}), **{k.replace("__", "."): v for k, v in kwargs.items()}}
+        layer: dict = {}
+        for key, value in items.items():
+            key = ".".join(normalize(p) for p in key.split("."))
+            layer = _merge(layer, _nest(key, value))
+        self._layer = _expand_common(layer)
+        with _lock:
+            _overrides.append(self._layer)
+            _cache.pop("merged", None)
+
+    def __enter__(self) -> set:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with _lock:
+            for i in range(len(_overrides) - 1, -1, -1):
+                if _overrides[i] is self._layer:
+                    del _overrides[i]
+                    break
+            _cache.pop("merged", None)
+
+
+def refresh() -> None:
+    """Forget what was read: the next `get` re-reads files and environment."""
+    with _lock:
+        for k in ("files", "merged"):
+            _cache.pop(k, None)

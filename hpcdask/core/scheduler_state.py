@@ -338,6 +338,9 @@ class SchedulerState:
         self._after_release(ts)
 
     def _memory_released(self, ts: TaskState) -> None:
+        if ts.who_wants:  # released while wanted: its data was lost and will be recomputed
+            for client in ts.who_wants:
+                self._out.append(ReportToClient(client, {"op": "lost", "key": ts.key}))
         for ws in ts.who_has or ():
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
@@ -419,7 +422,8 @@ class SchedulerState:
                     self._rec(dts, "processing")
         self._drop_from_dependencies(ts)
         if ts.who_wants:
-            msg = {"op": "key-in-memory", "key": ts.key, "type": ts.typename}
+            msg = {"op": "key-in-memory", "key": ts.key, "type": ts.typename,
+                   "workers": [ws.address]}  # fmt: skip
             for client in ts.who_wants:
                 self._out.append(ReportToClient(client, msg))
             if FIRE_AND_FORGET in ts.who_wants:
@@ -533,8 +537,9 @@ class SchedulerState:
             if ts is not None:
                 self._want(ts, ev.client)
                 if ts.state == "memory":
-                    self._out.append(ReportToClient(
-                        ev.client, {"op": "key-in-memory", "key": key, "type": ts.typename}))  # fmt: skip
+                    self._out.append(ReportToClient(ev.client, {
+                        "op": "key-in-memory", "key": key, "type": ts.typename,
+                        "workers": [w.address for w in ts.who_has]}))  # fmt: skip
                 elif ts.state == "erred":
                     self._report_erred(ts)
         for ts in new:

@@ -1,0 +1,4 @@
+from .cluster import Cluster
+from .local import LocalCluster
+
+__all__ = ["Cluster", "LocalCluster"]

@@ -1,0 +1,3 @@
+from .server import Scheduler
+
+__all__ = ["Scheduler"]

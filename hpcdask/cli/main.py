@@ -1,0 +1,35 @@
+"""`hpcdask ...` and `python -m hpcdask ...`: one click group, commands in sibling modules."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from .runtime import scheduler, worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpcdask")
+def cli() -> None:
+    """Run hpcdask schedulers and workers, and render batch job scripts."""
+
+
+cli.add_command(scheduler)
+cli.add_command(worker)
+
+try:  # the jobqueue commands live with the jobqueue layer
+    from .jobqueue import register as _register_jobqueue
+except ImportError:  # pragma: no cover - only while that layer is absent
+    pass
+else:
+    _register_jobqueue(cli)
+
+
+def main() -> None:
+    level = os.environ.get("HPCDASK_LOGGING_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    cli(prog_name="hpcdask")

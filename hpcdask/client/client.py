@@ -1,0 +1,706 @@
+"""The Client: submit work, get futures back, gather results.
+
+Synchronous use runs everything on the process-wide background loop (`utils.loop`);
+`asynchronous=True` uses the caller's loop and every method returns an awaitable. Results are
+fetched straight from the workers that hold them; the scheduler only says where they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import config
+from ..comm import connect, normalize_address
+from ..protocol.serialize import Pickled
+from ..rpc import BatchedSend, ConnectionPool, RemoteError
+from ..security import Security, resolve_secret
+from ..taskspec import FunctionCache, dumps_args, execute_graph_task
+from ..utils.loop import get_loop_thread
+from . import graph as graphs
+from .future import Future, FutureState
+
+logger = logging.getLogger("hpcdask.client")
+
+_default_client: Client | None = None
+
+_SUBMIT_OPTIONS = ("workers", "resources", "retries", "priority", "allow_other_workers",
+                   "fifo_timeout", "actor", "actors")  # fmt: skip
+
+
+def default_client() -> Client:
+    if _default_client is None or _default_client.status != "running":
+        raise ValueError("No client is running: create one with Client(...)")
+    return _default_client
+
+
+def _func_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or type(func).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _workers_list(workers: Any) -> list | None:
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        return [workers]
+    return [normalize_address(w) if isinstance(w, str) and ":" in w else w for w in workers]
+
+
+class Client:
+    """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
+
+    def __init__(
+        self,
+        address: Any = None,
+        *,
+        timeout: float | None = None,
+        set_as_default: bool = True,
+        scheduler_file: str | None = None,
+        security: Security | bool | None = None,
+        asynchronous: bool = False,
+        name: str | None = None,
+        direct_to_workers: bool | None = None,
+        **cluster_kwargs: Any,
+    ) -> None:
+        self.id = f"Client-{name or ''}{uuid.uuid4().hex[:16]}"
+        self.asynchronous = asynchronous
+        self.status = "newly-created"
+        self.cluster = None
+        self._own_cluster = False
+        self._cluster_kwargs = cluster_kwargs
+        self.timeout = timeout or float(config.get("comm.timeouts.connect", 30))
+        self.direct_to_workers = direct_to_workers
+        self.scheduler_info_cache: dict = {}
+        self._states: dict[str, FutureState] = {}
+        self._refcount: dict[str, int] = {}
+        self._funcs = FunctionCache()
+        self._funcs_sent: set[str] = set()
+        self._to_release: list[str] = []
+        self._release_scheduled = False
+        self._lock = threading.Lock()
+        self.stream: BatchedSend | None = None
+        self.pool: ConnectionPool | None = None
+        self._reader: asyncio.Task | None = None
+        self._key_seq = 0
+        self._key_base = uuid.uuid4().hex[:12]
+
+        if scheduler_file is not None:
+            from ..utils.schedfile import read_scheduler_file
+
+            address, secret = read_scheduler_file(scheduler_file)
+            if secret is not None and (not isinstance(security, Security) or not security.secret):
+                security = Security(secret=secret)
+        if address is not None and not isinstance(address, str):
+            self.cluster = address  # a Cluster object
+            if cluster_kwargs:
+                raise TypeError(f"Client(cluster) got unexpected keyword arguments {sorted(cluster_kwargs)}")
+            security = getattr(address, "security", None) if security is None else security
+            address = address.scheduler_address
+        if address is None:
+            address = config.get("scheduler-address")
+        elif cluster_kwargs:
+            raise TypeError(f"Client() got unexpected keyword arguments {sorted(cluster_kwargs)}")
+        self.scheduler_address = normalize_address(address) if address else None
+        self.security = security if isinstance(security, Security) else None
+        self._security_arg = security
+
+        if asynchronous:
+            self.loop = None
+        else:
+            self.loop = get_loop_thread().loop
+            self._sync(self._start)
+        if set_as_default:
+            global _default_client
+            _default_client = self
+
+    # ------------------------------------------------------------ sync/async plumbing
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _sync(self, func: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        if self.asynchronous or self._in_loop():
+            return func(*args, **kwargs)
+        return get_loop_thread().run_sync(func(*args, **kwargs))
+
+    def _call_in_loop(self, func: Callable, *args: Any) -> None:
+        if self._in_loop():
+            func(*args)
+        else:
+            self.loop.call_soon_threadsafe(func, *args)
+
+    def __await__(self):
+        async def start() -> Client:
+            await self._start()
+            return self
+
+        return start().__await__()
+
+    async def __aenter__(self) -> Client:
+        if self.status != "running":
+            await self._start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def _start(self) -> None:
+        if self.status == "running":
+            return
+        self.loop = asyncio.get_running_loop()
+        if self.scheduler_address is None:
+            from ..deploy.local import LocalCluster
+
+            self.cluster = await LocalCluster(asynchronous=True, security=self._security_arg,
+                                              **self._cluster_kwargs)  # fmt: skip
+            self._own_cluster = True
+            self.scheduler_address = self.cluster.scheduler_address
+            self.security = self.cluster.security
+        elif self.cluster is not None and getattr(self.cluster, "status", "running") != "running":
+            await self.cluster
+        if self.security is None or not self.security.secret:
+            security = self.security or Security()
+            security.secret = resolve_secret(self.scheduler_address, security)
+            self.security = security
+        self.pool = ConnectionPool(security=self.security, timeout=self.timeout)
+        comm = await connect(self.scheduler_address, security=self.security, timeout=self.timeout)
+        await comm.send({"op": "register-client", "client": self.id})
+        reply = await comm.recv()
+        if reply.get("status") != "OK":
+            comm.abort()
+            raise RemoteError(f"scheduler refused the client: {reply.get('text')}")
+        self.stream = BatchedSend(comm)
+        self._reader = asyncio.ensure_future(self._read_reports(comm))
+        self.status = "running"
+
+    async def _read_reports(self, comm: Any) -> None:
+        states = self._states
+        try:
+            while True:
+                for msg in await comm.recv():
+                    op = msg["op"]
+                    st = states.get(msg.get("key"))
+                    if st is None:
+                        continue
+                    if op == "key-in-memory":
+                        st.finish(msg.get("type", ""), msg.get("workers"))
+                    elif op == "task-erred":
+                        st.fail(msg.get("exception"), msg.get("traceback"), msg.get("text", ""))
+                    elif op == "cancelled":
+                        st.cancel(msg.get("reason", ""))
+                    elif op == "lost":
+                        st.reset()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if self.status == "running":
+                logger.warning("lost the connection to the scheduler at %s", self.scheduler_address)
+                self.status = "disconnected"
+                for st in list(states.values()):
+                    if st.status == "pending":
+                        st.cancel("the connection to the scheduler was lost")
+
+    # ------------------------------------------------------------ futures bookkeeping
+
+    def _state_for(self, key: str) -> FutureState:
+        st = self._states.get(key)
+        if st is None:
+            st = self._states[key] = FutureState(key)
+        return st
+
+    def _incref(self, key: str) -> None:
+        self._refcount[key] = self._refcount.get(key, 0) + 1
+
+    def _decref(self, key: str) -> None:
+        with self._lock:
+            n = self._refcount.get(key, 0) - 1
+            if n > 0:
+                self._refcount[key] = n
+                return
+            self._refcount.pop(key, None)
+            self._states.pop(key, None)
+            self._to_release.append(key)
+            if self._release_scheduled or self.status != "running":
+                return
+            self._release_scheduled = True
+        try:
+            self._call_in_loop(self._flush_releases)
+        except RuntimeError:  # loop closed at interpreter exit
+            pass
+
+    def _flush_releases(self) -> None:
+        with self._lock:
+            keys, self._to_release = self._to_release, []
+            self._release_scheduled = False
+        keys = [k for k in keys if k not in self._refcount]
+        if keys and self.stream is not None and not self.stream.closed():
+            self.stream.send({"op": "release-keys", "keys": keys})
+
+    def _send(self, msg: dict) -> None:
+        if self.status != "running":
+            raise RuntimeError(f"the client is {self.status}; create a new Client to submit work")
+        self._call_in_loop(self.stream.send, msg)
+
+    # ------------------------------------------------------------ submitting
+
+    def _new_key(self, func: Any) -> str:
+        self._key_seq += 1
+        return f"{_func_name(func)}-{self._key_base}{self._key_seq:x}"
+
+    def _make_task(self, func: Any, args: tuple, kwargs: dict, key: str | None, pure: bool,
+                   opts: dict, funcs: dict) -> list:  # fmt: skip
+        fid, pickled = self._funcs.dumps(func)
+        if fid not in self._funcs_sent:
+            funcs[fid] = pickled
+        payload, deps = dumps_args(args, kwargs)
+        if key is None:
+            if pure:
+                h = hashlib.blake2b(fid.encode(), digest_size=16)
+                h.update(payload.data if type(payload) is Pickled else payload)
+                key = f"{_func_name(func)}-{h.hexdigest()}"
+            else:
+                key = self._new_key(func)
+        return [key, fid, payload, deps, opts.get("priority") or 0, opts.get("retries") or 0,
+                _workers_list(opts.get("workers")), opts.get("resources"),
+                bool(opts.get("allow_other_workers"))]  # fmt: skip
+
+    def _send_graph(self, tasks: list, funcs: dict, wanted: list[str]) -> None:
+        """Send tasks; the caller holds Futures for `wanted` first so no report is missed."""
+        self._funcs_sent.update(funcs)
+        self._send({"op": "update-graph", "tasks": tasks, "funcs": funcs, "wanted": wanted})
+
+    def submit(self, func: Callable, *args: Any, key: str | None = None, pure: bool = True,
+               **kwargs: Any) -> Future:  # fmt: skip
+        """Run `func(*args, **kwargs)` on a worker; returns its Future at once."""
+        if not callable(func):
+            raise TypeError(f"the first argument of submit must be a callable, not {type(func).__name__}")
+        opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        if key is not None and key in self._states:
+            return Future(key, self)
+        funcs: dict = {}
+        task = self._make_task(func, args, kwargs, key, pure, opts, funcs)
+        if task[0] in self._states:
+            return Future(task[0], self)
+        future = Future(task[0], self)
+        self._send_graph([task], funcs, [task[0]])
+        return future
+
+    def map(self, func: Callable, *iterables: Iterable, key: str | list | None = None,
+            pure: bool = True, batch_size: int | None = None, **kwargs: Any) -> list[Future]:  # fmt: skip
+        """`submit(func, *items)` for items taken in step from `iterables`; one message in all."""
+        if not callable(func):
+            raise TypeError(f"the first argument of map must be a callable, not {type(func).__name__}")
+        if not iterables:
+            raise TypeError("map needs at least one iterable of arguments")
+        opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        items = list(zip(*iterables))
+        keys: list = [None] * len(items)
+        if isinstance(key, (list, tuple)):
+            if len(key) != len(items):
+                raise ValueError(f"map got {len(key)} keys for {len(items)} tasks")
+            keys = list(key)
+        funcs: dict = {}
+        tasks = []
+        out_keys = []
+        seen = set()
+        for args, k in zip(items, keys):
+            task = self._make_task(func, args, kwargs, k, pure, opts, funcs)
+            if isinstance(key, str):
+                task[0] = f"{key}-{task[0].rsplit('-', 1)[-1]}"
+            out_keys.append(task[0])
+            if task[0] not in seen and task[0] not in self._states:
+                seen.add(task[0])
+                tasks.append(task)
+        futures = [Future(k, self) for k in out_keys]
+        if tasks:
+            self._send_graph(tasks, funcs, [t[0] for t in tasks])
+        return futures
+
+    def get(self, dsk: dict, keys: Any, *, sync: bool = True, **kwargs: Any) -> Any:
+        """Compute the given keys of a dask-style graph dict and return their values."""
+        opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        kwargs.pop("asynchronous", None)
+        kwargs.pop("direct", None)
+        if kwargs:
+            raise TypeError(f"get() got unexpected keyword arguments {sorted(kwargs)}")
+        funcs: dict = {}
+        tasks = []
+        for skey, value in graphs.graph_to_tasks(dsk):
+            if graphs.is_task(value):
+                task = self._make_task(execute_graph_task, (value,), {}, skey, False, opts, funcs)
+            else:
+                task = self._make_task(_identity, (value,), {}, skey, False, opts, funcs)
+            tasks.append(task)
+        wanted = list(dict.fromkeys(graphs.stringify(k) for k in graphs.flatten_keys(keys)))
+        missing = [k for k in wanted if k not in {t[0] for t in tasks}]
+        if missing:
+            raise KeyError(f"keys {missing} are not in the graph")
+        futures = [Future(k, self) for k in wanted]
+        self._send_graph(tasks, funcs, wanted)
+        if not sync:
+            return graphs.pack_results(keys, dict(zip(wanted, futures)))
+        return self._sync(self._get_results, keys, wanted, futures)
+
+    async def _get_results(self, keys: Any, wanted: list, futures: list) -> Any:
+        values = await self._gather(futures)
+        return graphs.pack_results(keys, dict(zip(wanted, values)))
+
+    # ------------------------------------------------------------ results
+
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None,
+               asynchronous: bool | None = None) -> Any:  # fmt: skip
+        """Results of futures, in the same structure (list, dict, nested) they were given in."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if isinstance(futures, Future):
+            return self._sync(self._gather_structure, futures, errors)
+        return self._sync(self._gather_structure, futures, errors)
+
+    async def _gather_structure(self, futures: Any, errors: str) -> Any:
+        flat: list[Future] = []
+        _collect(futures, flat)
+        values = await self._gather(flat, errors)
+        results = dict(zip((f.key for f in flat), values))
+        return _rebuild(futures, results, errors)
+
+    async def _gather(self, futures: list[Future], errors: str = "raise") -> list:
+        out: dict[str, Any] = {}
+        todo = list({f.key: f for f in futures}.values())
+        while todo:
+            await asyncio.gather(*(f._state.wait() for f in todo if not f._state.done()))
+            by_worker: dict[str, list[str]] = {}
+            for f in todo:
+                st = f._state
+                if st.status in ("error", "cancelled"):
+                    if errors == "raise":
+                        raise st.error_to_raise()
+                    out[f.key] = _SKIP
+                elif st.status == "finished":
+                    if not st.workers:
+                        st.workers = (await self.pool.call(self.scheduler_address, "who-has",
+                                                           keys=[f.key]))[f.key]  # fmt: skip
+                    if st.workers:
+                        by_worker.setdefault(st.workers[0], []).append(f.key)
+            results = await asyncio.gather(*(self._fetch(w, keys) for w, keys in by_worker.items()))
+            for data in results:
+                out.update(data)
+            todo = [f for f in todo if f.key not in out]
+            for f in todo:  # the holder vanished: ask again, or wait for the recomputation
+                if f._state.status == "finished":
+                    f._state.workers = []
+                    who = await self.pool.call(self.scheduler_address, "who-has", keys=[f.key])
+                    if not who.get(f.key):
+                        f._state.reset()
+        return [out[f.key] for f in futures if out.get(f.key, None) is not _SKIP or errors == "raise"]
+
+    async def _fetch(self, worker: str, keys: list[str]) -> dict:
+        try:
+            if self.direct_to_workers is False:
+                raise OSError("direct_to_workers=False")
+            data = await self.pool.call(worker, "get-data", keys=keys)
+        except OSError:
+            self.pool.remove(worker)
+            reply = await self.pool.call(self.scheduler_address, "gather", keys=keys)
+            data = reply["data"]
+        return {k: v.loads() if type(v) is Pickled else v for k, v in data.items()}
+
+    # ------------------------------------------------------------ scatter, cancel, retry
+
+    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False,
+                direct: bool | None = None, hash: bool = True, timeout: float | None = None,
+                asynchronous: bool | None = None) -> Any:  # fmt: skip
+        """Send local data to workers; returns futures in the structure of `data`."""
+        return self._sync(self._scatter, data, workers, broadcast, hash)
+
+    async def _scatter(self, data: Any, workers: Any, broadcast: bool, hash: bool) -> Any:
+        if isinstance(data, dict):
+            items = list(data.items())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            items = [(None, v) for v in data]
+        else:
+            items = [(None, data)]
+        pickled = []
+        for k, v in items:
+            p = Pickled.dumps(v)
+            if k is None:
+                if hash:
+                    k = f"{type(v).__name__}-{hashlib.blake2b(p.data, digest_size=16).hexdigest()}"
+                else:
+                    k = f"{type(v).__name__}-{uuid.uuid4().hex}"
+            pickled.append((graphs.stringify(k), p))
+        info = await self.pool.call(self.scheduler_address, "identity")
+        targets = list(info["workers"])
+        if workers is not None:
+            wanted = set(_workers_list(workers))
+            targets = [a for a, w in info["workers"].items()
+                       if a in wanted or w["name"] in wanted or w["host"] in wanted]  # fmt: skip
+        if not targets:
+            raise ValueError("scatter found no worker to send data to"
+                             + (f" among {workers}" if workers else ": wait_for_workers first"))  # fmt: skip
+        plan: dict[str, dict] = {}
+        for i, (k, p) in enumerate(pickled):
+            dests = targets if broadcast else [targets[i % len(targets)]]
+            for d in dests:
+                plan.setdefault(d, {})[k] = p
+        replies = await asyncio.gather(*(self.pool.call(w, "update-data", data=d)
+                                         for w, d in plan.items()))  # fmt: skip
+        who_has = dict(zip(plan, replies))
+        futures = {}
+        for k, _ in pickled:
+            st = self._state_for(k)
+            if st.status != "finished":
+                st.finish("", [w for w, d in who_has.items() if k in d])
+            futures[k] = Future(k, self, st)
+        self.stream.send({"op": "update-data", "who_has": who_has})
+        keys = [k for k, _ in pickled]
+        if isinstance(data, dict):
+            return {orig: futures[k] for (orig, _), k in zip(items, keys)}
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return type(data)(futures[k] for k in keys) if not isinstance(data, (set, frozenset)) \
+                else [futures[k] for k in keys]  # fmt: skip
+        return futures[keys[0]]
+
+    def cancel(self, futures: Any, asynchronous: bool | None = None, force: bool = False,
+               reason: str | None = None) -> Any:  # fmt: skip
+        flat: list[Future] = []
+        _collect(futures, flat)
+        keys = [f.key for f in flat]
+        for f in flat:
+            if not f.done():
+                f._state.cancel(reason or "cancelled by the client")
+        self._send({"op": "cancel", "keys": keys, "reason": reason or "cancelled by the client"})
+        return _done_awaitable() if self.asynchronous else None
+
+    def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
+        flat: list[Future] = []
+        _collect(futures, flat)
+        for f in flat:
+            if f._state.status == "error":
+                f._state.reset()
+        self._send({"op": "retry", "keys": [f.key for f in flat]})
+        return _done_awaitable() if self.asynchronous else None
+
+    def fire_and_forget(self, futures: Any) -> None:
+        flat: list[Future] = []
+        _collect(futures, flat)
+        self._send({"op": "fire-and-forget", "keys": [f.key for f in flat]})
+
+    # ------------------------------------------------------------ cluster-wide operations
+
+    def _rpc(self, op: str, **kwargs: Any) -> Any:
+        return self._sync(self.pool.call, self.scheduler_address, op, **kwargs)
+
+    def scheduler_info(self, **kwargs: Any) -> Any:
+        return self._rpc("identity")
+
+    def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
+        flat: list[Future] = []
+        _collect(futures if futures is not None else [], flat)
+        return self._rpc("who-has", keys=[f.key for f in flat])
+
+    def story(self, *keys: Any) -> Any:
+        return self._rpc("story", keys=[k.key if isinstance(k, Future) else k for k in keys])
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
+        if not isinstance(n_workers, int) or n_workers < 0:
+            raise ValueError(f"n_workers must be a non-negative integer, not {n_workers!r}")
+        return self._sync(self._wait_for_workers, n_workers, timeout)
+
+    async def _wait_for_workers(self, n: int, timeout: float | None) -> None:
+        cluster = self.cluster
+        check = getattr(cluster, "_check_failures", None)
+        if check is None:
+            await self.pool.call(self.scheduler_address, "wait-for-workers", n=n, timeout=timeout)
+            return
+        # A cluster that submits jobs can tell why workers will never come; ask it as we wait.
+        await cluster._wait_for_workers(n, timeout)
+
+    def run(self, function: Callable, *args: Any, workers: Any = None, wait: bool = True,
+            nanny: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:  # fmt: skip
+        """`function(*args, **kwargs)` on every (or the given) worker: `{address: result}`."""
+        return self._sync(self._run, function, args, kwargs, workers, nanny, on_error)
+
+    async def _run(self, function: Callable, args: tuple, kwargs: dict, workers: Any,
+                   nanny: bool, on_error: str) -> dict:  # fmt: skip
+        payload = {"function": Pickled.dumps(function), "args": Pickled.dumps(args),
+                   "kwargs": Pickled.dumps(kwargs)}  # fmt: skip
+        replies = await self.pool.call(self.scheduler_address, "broadcast", msg_op="run",
+                                       payload=payload, workers=_workers_list(workers),
+                                       nanny=nanny)  # fmt: skip
+        out = {}
+        for addr, reply in replies.items():
+            if reply.get("status") == "OK":
+                out[addr] = reply["result"].loads()
+            elif on_error == "raise":
+                exc = reply.get("exception")
+                raise exc.loads() if exc is not None else RuntimeError(reply.get("text"))
+            elif on_error == "return":
+                exc = reply.get("exception")
+                out[addr] = exc.loads() if exc is not None else RuntimeError(reply.get("text"))
+        return out
+
+    def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        return self._sync(self._run_on_scheduler, function, args, kwargs)
+
+    async def _run_on_scheduler(self, function: Callable, args: tuple, kwargs: dict) -> Any:
+        reply = await self.pool.call(self.scheduler_address, "run-on-scheduler",
+                                     function=Pickled.dumps(function), args=Pickled.dumps(args),
+                                     kwargs=Pickled.dumps(kwargs))  # fmt: skip
+        if reply.get("status") != "OK":
+            exc = reply.get("exception")
+            raise exc.loads() if exc is not None else RuntimeError(reply.get("text"))
+        return reply["result"].loads()
+
+    def register_plugin(self, plugin: Any, name: str | None = None, idempotent: bool = False) -> Any:
+        """Install a WorkerPlugin on every worker (and later ones) or a SchedulerPlugin."""
+        name = name or getattr(plugin, "name", None) or f"{type(plugin).__name__}-{uuid.uuid4().hex[:8]}"
+        from ..plugins import SchedulerPlugin, WorkerPlugin
+
+        if isinstance(plugin, SchedulerPlugin) or (
+            not isinstance(plugin, WorkerPlugin) and hasattr(plugin, "start")
+        ):
+            return self._rpc("register-scheduler-plugin", plugin=Pickled.dumps(plugin), name=name)
+        return self._rpc("register-worker-plugin", plugin=Pickled.dumps(plugin), name=name)
+
+    register_worker_plugin = register_plugin
+
+    def restart(self, timeout: float = 60, wait_for_workers: bool = True) -> Any:
+        """Restart every worker (through its nanny) and forget all tasks."""
+        return self._rpc("restart", timeout=timeout)
+
+    def retire_workers(self, workers: list | None = None, close_workers: bool = True) -> Any:
+        return self._rpc("retire-workers", workers=_workers_list(workers), close=close_workers)
+
+    def get_scheduler_logs(self, n: int | None = None) -> Any:
+        return self._rpc("get-logs", n=n)
+
+    def shutdown(self) -> Any:
+        """Stop the scheduler and all workers, then close this client."""
+        return self._sync(self._shutdown)
+
+    async def _shutdown(self) -> None:
+        if self.cluster is not None:
+            await self._close(close_cluster=True)
+            return
+        try:
+            await self.pool.call(self.scheduler_address, "shutdown")
+        except OSError:
+            pass
+        await self._close()
+
+    def close(self, timeout: float | None = None) -> Any:
+        if self.status in ("closed", "newly-created") and self.stream is None:
+            self.status = "closed"
+            return _done_awaitable() if self.asynchronous else None
+        return self._sync(self._close)
+
+    async def _close(self, close_cluster: bool | None = None) -> None:
+        if self.status == "closed":
+            return
+        self.status = "closing"
+        if self.stream is not None and not self.stream.closed():
+            try:
+                self._flush_releases()
+                self.stream.send({"op": "close-client"})
+                await asyncio.wait_for(self.stream.close(), 2)
+            except (OSError, asyncio.TimeoutError):
+                self.stream.abort()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.pool is not None:
+            await self.pool.close()
+        self.status = "closed"
+        if (self._own_cluster if close_cluster is None else close_cluster) and self.cluster is not None:
+            await self.cluster._close()
+        global _default_client
+        if _default_client is self:
+            _default_client = None
+
+    def __del__(self) -> None:
+        if getattr(self, "status", None) == "running" and not self.asynchronous:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        if self.status != "running":
+            return f"<Client: {self.status}>"
+        info = self.scheduler_info_cache
+        if not self.asynchronous and not self._in_loop():
+            try:
+                info = self.scheduler_info_cache = self.scheduler_info()
+            except Exception:
+                pass
+        workers = info.get("workers", {})
+        threads = sum(w["nthreads"] for w in workers.values())
+        from ..utils.sizes import format_bytes
+
+        memory = format_bytes(sum(w["memory_limit"] for w in workers.values()))
+        return (f"<Client: '{self.scheduler_address}' processes={len(workers)} "
+                f"threads={threads}, memory={memory}>")  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{self!r}</pre>".replace("<Client", "&lt;Client").replace(">", "&gt;", 1)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _Skip:
+    pass
+
+
+_SKIP = _Skip()
+
+
+def _collect(obj: Any, out: list) -> None:
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for x in obj:
+            _collect(x, out)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _collect(x, out)
+    elif hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes)):
+        for x in obj:
+            _collect(x, out)
+
+
+def _rebuild(obj: Any, results: dict, errors: str) -> Any:
+    if isinstance(obj, Future):
+        return results[obj.key]
+    if isinstance(obj, (list, tuple)):
+        items = [_rebuild(x, results, errors) for x in obj]
+        if errors == "skip":
+            items = [x for x in items if x is not _SKIP]
+        return type(obj)(items) if isinstance(obj, tuple) else items
+    if isinstance(obj, dict):
+        return {k: _rebuild(v, results, errors) for k, v in obj.items()
+                if errors != "skip" or _rebuild(v, results, errors) is not _SKIP}  # fmt: skip
+    return obj
+
+
+async def _noop() -> None:
+    return None
+
+
+def _done_awaitable() -> Any:
+    return _noop()

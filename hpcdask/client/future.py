@@ -1,0 +1,235 @@
+"""Futures: a handle on a remote result.
+
+A `FutureState` per key is shared by every `Future` object for that key. Its status moves
+pending -> finished | error | cancelled, and back to pending if the data was lost and is being
+recomputed. Events to wait on are created only when someone waits, so that holding a million
+futures costs little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..core.exceptions import FutureCancelledError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's traceback text as the `__cause__` of a re-raised task error."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\nTraceback on the worker:\n" + self.text
+
+
+class FutureState:
+    __slots__ = ("key", "status", "exception", "traceback", "text", "type", "workers",
+                 "reason", "_tev", "_aev", "_callbacks")  # fmt: skip
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.status = "pending"
+        self.exception: Any = None
+        self.traceback: Any = None
+        self.text = ""
+        self.type = ""
+        self.workers: list[str] = []
+        self.reason = ""
+        self._tev: threading.Event | None = None
+        self._aev: asyncio.Event | None = None
+        self._callbacks: list | None = None
+
+    def done(self) -> bool:
+        return self.status != "pending"
+
+    def finish(self, typename: str = "", workers: list | None = None) -> None:
+        self.type = typename
+        self.workers = list(workers or ())
+        self._set("finished")
+
+    def fail(self, exception: Any, traceback: Any, text: str) -> None:
+        self.exception, self.traceback, self.text = exception, traceback, text
+        self._set("error")
+
+    def cancel(self, reason: str = "") -> None:
+        self.reason = reason
+        self._set("cancelled")
+
+    def reset(self) -> None:
+        """The data was lost; it is being recomputed."""
+        self.status = "pending"
+        self.workers = []
+        if self._tev is not None:
+            self._tev.clear()
+        if self._aev is not None:
+            self._aev.clear()
+
+    def _set(self, status: str) -> None:
+        self.status = status
+        if self._tev is not None:
+            self._tev.set()
+        if self._aev is not None:
+            self._aev.set()
+        callbacks, self._callbacks = self._callbacks, None
+        for cb in callbacks or ():
+            cb()
+
+    def thread_event(self) -> threading.Event:
+        ev = self._tev
+        if ev is None:
+            ev = self._tev = threading.Event()
+        if self.status != "pending":
+            ev.set()
+        return ev
+
+    async def wait(self) -> None:
+        if self.status != "pending":
+            return
+        ev = self._aev
+        if ev is None:
+            ev = self._aev = asyncio.Event()
+        while self.status == "pending":
+            await ev.wait()
+            if self.status == "pending":
+                ev.clear()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        if self.status != "pending":
+            callback()
+        else:
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append(callback)
+
+    def error_to_raise(self) -> BaseException:
+        if self.status == "cancelled":
+            return FutureCancelledError(self.key, self.reason)
+        exc = self.exception
+        if exc is not None and hasattr(exc, "loads"):
+            try:
+                exc = exc.loads()
+            except Exception as e:  # the exception class may not exist on the client
+                exc = RuntimeError(f"{self.text} (its exception could not be unpickled here: {e})")
+            self.exception = exc
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(self.text or f"task {self.key!r} failed")
+        if self.traceback and exc.__cause__ is None:
+            exc.__cause__ = RemoteTraceback(str(self.traceback))
+        return exc
+
+
+class Future:
+    """A remote result. `result()` waits for it; `await future` in async code."""
+
+    __slots__ = ("key", "client", "_state", "__weakref__")
+
+    def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
+        self.key = key
+        self.client = client
+        self._state = state or client._state_for(key)
+        client._incref(key)
+
+    @property
+    def _hpcdask_future_key(self) -> str:
+        return self.key
+
+    @property
+    def status(self) -> str:
+        return self._state.status
+
+    def done(self) -> bool:
+        return self._state.done()
+
+    def cancelled(self) -> bool:
+        return self._state.status == "cancelled"
+
+    @property
+    def type(self) -> str:
+        return self._state.type
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.client._sync(self._result, timeout, timeout=timeout)
+
+    async def _result(self, timeout: float | None = None) -> Any:
+        if timeout is not None:
+            await asyncio.wait_for(self._state.wait(), timeout)
+        result = await self.client._gather([self], errors="raise")
+        return result[0]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self.client._sync(self._exception, timeout, timeout=timeout)
+
+    async def _exception(self, timeout: float | None = None) -> BaseException | None:
+        await asyncio.wait_for(self._state.wait(), timeout)
+        if self._state.status in ("error", "cancelled"):
+            return self._state.error_to_raise()
+        return None
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The worker's formatted traceback of a failed task."""
+        return self.client._sync(self._traceback, timeout, timeout=timeout)
+
+    async def _traceback(self, timeout: float | None = None) -> str | None:
+        await asyncio.wait_for(self._state.wait(), timeout)
+        return self._state.traceback if self._state.status == "error" else None
+
+    def cancel(self, reason: str | None = None) -> Any:
+        return self.client.cancel([self], reason=reason)
+
+    def retry(self) -> Any:
+        return self.client.retry([self])
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """`fn(future)` runs once the future is done (in the client's event loop thread)."""
+        loop = self.client.loop
+
+        def callback() -> None:
+            try:
+                fn(self)
+            except Exception:
+                import logging
+
+                logging.getLogger("hpcdask.client").exception("done callback %r failed", fn)
+
+        def register() -> None:
+            self._state.on_done(callback)
+
+        if self.client._in_loop():
+            register()
+        else:
+            loop.call_soon_threadsafe(register)
+
+    def __await__(self):
+        return self._result().__await__()
+
+    def __del__(self) -> None:
+        try:
+            self.client._decref(self.key)
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __reduce__(self) -> tuple:
+        raise TypeError(
+            "a Future can be passed as an argument to submit/map (it becomes a dependency), "
+            "but not pickled inside other objects"
+        )
+
+    def __repr__(self) -> str:
+        extra = f", type: {self._state.type}" if self._state.type else ""
+        return f"<Future: {self._state.status}{extra}, key: {self.key}>"
+
+    def _repr_html_(self) -> str:
+        return f"<b>Future: {self.key}</b> status: {self._state.status}"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Future) and other.key == self.key

@@ -1,0 +1,112 @@
+"""`connect` and `listen`: a transport's raw comms plus the authentication handshake.
+
+Doing the handshake here rather than in each transport is what guarantees that no scheme can
+forget it, and that a refused peer is handled (logged, dropped) the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hpcdask import config
+from hpcdask.comm.addressing import parse_address
+from hpcdask.comm.base import Comm, CommClosedError, Listener
+from hpcdask.comm.registry import get_backend
+from hpcdask.protocol.auth import (
+    AuthenticationError,
+    auth_timeout,
+    client_handshake,
+    server_handshake,
+)
+
+logger = logging.getLogger("hpcdask.comm")
+
+__all__ = ["connect", "listen"]
+
+
+def _connect_timeout() -> float:
+    return float(config.get("comm.timeouts.connect", 30.0) or 30.0)
+
+
+async def connect(
+    addr: str, *, security: Any = None, timeout: float | None = None, **kwargs: Any
+) -> Comm:
+    """An authenticated comm to *addr*; retries while nobody listens there yet.
+
+    Raises OSError after *timeout* seconds (default config ``comm.timeouts.connect``) and
+    AuthenticationError at once if the server refuses our secret.
+    """
+    from hpcdask.security import resolve_secret
+
+    scheme, loc = parse_address(addr)
+    backend = get_backend(scheme)
+    secret = resolve_secret(addr, security)
+    timeout = _connect_timeout() if timeout is None else float(timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    backoff = 0.005
+    last: BaseException | None = None
+    while True:
+        remaining = deadline - loop.time()
+        comm: Comm | None = None
+        try:
+            comm = await asyncio.wait_for(
+                backend.connect(loc, security=security, **kwargs), max(remaining, 0.001)
+            )
+            await client_handshake(comm, secret, timeout=min(auth_timeout(), max(remaining, 0.001)))
+            return comm
+        except AuthenticationError as e:
+            if comm is not None:
+                comm.abort()
+            if not isinstance(e.__cause__, CommClosedError):
+                raise
+            last = e  # e.g. the listener was stopping: try again
+        except ssl.SSLError as e:
+            raise AuthenticationError(f"TLS handshake with {addr} failed: {e}") from e
+        except (OSError, asyncio.TimeoutError) as e:
+            if comm is not None:
+                comm.abort()
+            last = e
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            reason = f"{type(last).__name__}: {last}" if last else "timed out"
+            raise OSError(f"Timed out trying to connect to {addr} after {timeout:g}s: {reason}")
+        await asyncio.sleep(min(backoff * (1 + random.random()), remaining))
+        backoff = min(backoff * 1.5, 0.5)
+
+
+async def listen(
+    addr: str,
+    handler: Callable[[Comm], Awaitable[None] | None],
+    *,
+    security: Any = None,
+    **kwargs: Any,
+) -> Listener:
+    """A started listener; ``handler(comm)`` runs for each peer that proved the secret."""
+    from hpcdask.security import resolve_secret
+
+    scheme, loc = parse_address(addr)
+    backend = get_backend(scheme)
+    secret = resolve_secret(addr, security)
+
+    async def on_comm(comm: Comm) -> None:
+        try:
+            await server_handshake(comm, secret)
+        except (AuthenticationError, CommClosedError) as e:
+            logger.warning(
+                "refused connection from %s: failed authentication (%s)", comm.peer_address, e
+            )
+            comm.abort()
+            return
+        result = handler(comm)
+        if asyncio.iscoroutine(result):
+            await result
+
+    listener = backend.get_listener(loc, on_comm, security=security, **kwargs)
+    await listener.start()
+    return listener

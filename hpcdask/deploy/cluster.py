@@ -1,0 +1,255 @@
+"""`Cluster`: what LocalCluster and the batch-system clusters share.
+
+A cluster owns an in-process Scheduler and a set of workers it can start and stop; subclasses say
+how (`_start_workers`, `_stop_workers`). Synchronous use runs on the process-wide background
+loop, like the Client, so one script can mix both freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import math
+import time
+from typing import Any
+
+from ..scheduler import Scheduler
+from ..security import Security, new_secret
+from ..utils.loop import get_loop_thread
+from ..utils.sizes import format_bytes
+
+
+class Cluster:
+    def __init__(self, asynchronous: bool = False, security: Security | None = None,
+                 scheduler_options: dict | None = None, name: str | None = None) -> None:  # fmt: skip
+        self._asynchronous = asynchronous
+        if security is None:
+            security = Security(secret=new_secret())
+        elif not security.secret:
+            security.secret = new_secret()
+        self.security = security
+        self.scheduler_options = dict(scheduler_options or {})
+        self.name = name or type(self).__name__
+        self.scheduler: Scheduler | None = None
+        self.workers: dict[Any, Any] = {}
+        self.status = "created"
+        self._adaptive: Any = None
+        self._lock: asyncio.Lock | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ sync/async plumbing
+
+    @property
+    def asynchronous(self) -> bool:
+        return self._asynchronous
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _sync(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._asynchronous or self._in_loop():
+            return func(*args, **kwargs)
+        return get_loop_thread().run_sync(func(*args, **kwargs))
+
+    def _begin(self) -> None:
+        """Subclasses call this at the end of __init__ to start a synchronous cluster."""
+        if not self._asynchronous:
+            self._sync(self._start)
+
+    def __await__(self):
+        async def start() -> Cluster:
+            await self._start()
+            return self
+
+        return start().__await__()
+
+    async def __aenter__(self) -> Cluster:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _start(self) -> None:
+        if self.status == "running":
+            return
+        self.loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self.status = "starting"
+        self.scheduler = Scheduler(security=self.security, **self.scheduler_options)
+        await self.scheduler.start()
+        self.status = "running"
+        await self._post_start()
+
+    async def _post_start(self) -> None:
+        """Hook for subclasses: start initial workers."""
+
+    @property
+    def scheduler_address(self) -> str:
+        if self.scheduler is None:
+            raise RuntimeError(f"{self.name} has not started")
+        return self.scheduler.address
+
+    def close(self, timeout: float | None = None) -> Any:
+        if self.status == "closed":
+            return _noop() if self._asynchronous else None
+        return self._sync(self._close)
+
+    async def _close(self) -> None:
+        if self.status in ("closed", "closing"):
+            return
+        self.status = "closing"
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        if self.workers:
+            await self._stop_workers(list(self.workers))
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        self.status = "closed"
+
+    def __del__(self) -> None:
+        if getattr(self, "status", "closed") == "running" and not self._asynchronous:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------ workers
+
+    async def _start_workers(self, n: int) -> None:
+        raise NotImplementedError
+
+    async def _stop_workers(self, names: list) -> None:
+        raise NotImplementedError
+
+    def _threads_per_worker(self) -> int:
+        return 1
+
+    def scale(self, n: int | None = None, **kwargs: Any) -> Any:
+        """Ask for exactly `n` workers; idle workers with the least data leave first."""
+        if n is None or not isinstance(n, int) or n < 0:
+            raise ValueError(f"scale(n) needs a non-negative number of workers, not {n!r}")
+        if self._adaptive is not None:
+            self._adaptive.stop()
+            self._adaptive = None
+        return self._sync(self._scale, n)
+
+    async def _scale(self, n: int) -> None:
+        async with self._lock:
+            current = len(self.workers)
+            if n > current:
+                await self._start_workers(n - current)
+            elif n < current:
+                await self._stop_workers(await self._choose_leavers(current - n))
+
+    async def _choose_leavers(self, k: int) -> list:
+        """Names of the k workers cheapest to lose; their unique data moves elsewhere first."""
+        state = self.scheduler.state
+        addr_of = {name: getattr(w, "address", None) for name, w in self.workers.items()}
+
+        def cost(name: Any) -> tuple:
+            ws = state.workers.get(addr_of[name])
+            return (0, 0) if ws is None else (len(ws.processing), ws.nbytes)
+
+        leavers = sorted(self.workers, key=cost)[:k]
+        addresses = [addr_of[n] for n in leavers if addr_of[n] in state.workers]
+        if addresses:
+            await self.scheduler._retire(addresses, close=False)
+        return leavers
+
+    def adapt(self, minimum: int = 0, maximum: float = math.inf, interval: float = 1.0,
+              wait_count: int = 3, target_duration: float = 5.0, **kwargs: Any) -> Any:  # fmt: skip
+        """Scale between `minimum` and `maximum` workers with the pending work."""
+        from .adaptive import Adaptive
+
+        if kwargs:
+            raise TypeError(f"adapt() got unexpected keyword arguments {sorted(kwargs)}")
+        if minimum < 0 or maximum < minimum:
+            raise ValueError(f"adapt needs 0 <= minimum <= maximum, got {minimum} and {maximum}")
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        self._adaptive = Adaptive(self, minimum, maximum, interval, wait_count, target_duration)
+        self._call_in_loop(self._adaptive.start)
+        return self._adaptive
+
+    def _call_in_loop(self, func: Any) -> None:
+        if self._in_loop() or self._asynchronous:
+            func()
+        else:
+            self.loop.call_soon_threadsafe(func)
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
+        return self._sync(self._wait_for_workers, n_workers, timeout)
+
+    async def _wait_for_workers(self, n: int, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.scheduler.state.workers) < n:
+            await self._check_failures()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: only {len(self.scheduler.state.workers)} of "
+                                   f"{n} workers arrived within {timeout}s")  # fmt: skip
+            await asyncio.sleep(0.05)
+
+    async def _check_failures(self) -> None:
+        """Raise if the workers asked for can never arrive (batch clusters override this)."""
+
+    # ------------------------------------------------------------ information
+
+    def get_logs(self, scheduler: bool = True, workers: bool = True) -> Any:
+        """Recent log lines: `{"Scheduler": [...], worker_address: [...]}`."""
+        return self._sync(self._get_logs, scheduler, workers)
+
+    async def _get_logs(self, scheduler: bool, workers: bool) -> dict:
+        logs: dict[str, list] = {}
+        if scheduler:
+            logs["Scheduler"] = self.scheduler.logs.lines()
+        if workers:
+            addrs = list(self.scheduler.worker_info)
+            results = await asyncio.gather(
+                *(self.scheduler.pool.call(a, "get-logs") for a in addrs), return_exceptions=True
+            )
+            for a, r in zip(addrs, results):
+                logs[a] = r if isinstance(r, list) else [f"could not fetch logs: {r}"]
+        return logs
+
+    def _summary(self) -> dict:
+        info = self.scheduler.identity() if self.scheduler is not None else {"workers": {}}
+        workers = info["workers"]
+        return {
+            "workers": len(workers),
+            "threads": sum(w["nthreads"] for w in workers.values()),
+            "memory": sum(w["memory_limit"] for w in workers.values()),
+        }
+
+    def __repr__(self) -> str:
+        if self.scheduler is None or self.status != "running":
+            return f"{self.name}(status={self.status})"
+        s = self._summary()
+        return (f"{self.name}({self.scheduler_address!r}, workers={s['workers']}, "
+                f"threads={s['threads']}, memory={format_bytes(s['memory'])})")  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        if self.scheduler is None or self.status != "running":
+            return f"<div><b>{html.escape(self.name)}</b> ({html.escape(self.status)})</div>"
+        s = self._summary()
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in (("Scheduler", self.scheduler_address), ("Workers", s["workers"]),
+                         ("Threads", s["threads"]), ("Memory", format_bytes(s["memory"])))
+        )  # fmt: skip
+        return f"<div><h3>{html.escape(self.name)}</h3><table>{rows}</table></div>"
+
+
+async def _noop() -> None:
+    return None

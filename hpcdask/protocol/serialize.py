@@ -1,0 +1,217 @@
+"""Message encoding: msgpack for the structure, out-of-band frames for anything large.
+
+A message becomes ``[msgpack body, *extra frames]``. Large bytes and the pickles of user
+objects (`Pickled`) are msgpack ext types in the body that only hold frame indices, so a
+256 MiB array is never copied into or out of the body: transports can send and receive its
+buffer as it is. `loads` hands `Pickled` values back still pickled, which is what lets the
+scheduler route tasks and results without importing (or trusting) user code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+__all__ = ["Pickled", "dumps", "loads", "LARGE_BYTES"]
+
+LARGE_BYTES = 64 * 1024  # bytes-likes from this size travel as frames of their own
+_OOB_MIN = 2048  # smaller pickle buffers stay in-band: a frame costs more than a copy
+
+_EXT_PICKLED_INLINE = 1  # data: the pickle itself (no out-of-band buffers)
+_EXT_PICKLED_FRAMES = 2  # data: <II first frame, frame count>: pickle, then its buffers
+_EXT_BYTES = 3  # data: <I frame index>
+_EXT_TUPLE_KEY = 4  # data: msgpack of a tuple used as a dict key (msgpack would make it a list)
+_II = struct.Struct("<II")
+_I = struct.Struct("<I")
+
+
+class Pickled:
+    """A pickled object (protocol 5 pickle plus its out-of-band buffers), not yet unpickled."""
+
+    __slots__ = ("data", "buffers")
+
+    def __init__(self, data: Any, buffers: Sequence[Any] = ()) -> None:
+        self.data = data
+        self.buffers = list(buffers)
+
+    @classmethod
+    def dumps(cls, obj: Any) -> Pickled:
+        """Pickle *obj*; cloudpickle for what plain pickle would only save by a dangling name."""
+        if _needs_cloudpickle(obj):
+            return cls._cloudpickle(obj, None)
+        buffers: list = []
+        try:
+            data = pickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
+        except Exception as e:
+            return cls._cloudpickle(obj, e)
+        if b"__main__" in data:  # e.g. an instance of a class defined in a script
+            return cls._cloudpickle(obj, None)
+        return cls(data, buffers)
+
+    @classmethod
+    def _cloudpickle(cls, obj: Any, first_error: Exception | None) -> Pickled:
+        import cloudpickle
+
+        buffers: list = []
+        try:
+            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
+        except Exception as e:
+            reason = e if first_error is None else f"{e} (pickle: {first_error})"
+            raise TypeError(f"Could not serialize object of type {type(obj).__name__}: {reason}") from e
+        return cls(data, buffers)
+
+    def loads(self) -> Any:
+        return pickle.loads(self.data, buffers=self.buffers)
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.data) + sum(_nbytes(b) for b in self.buffers)
+
+    def to_frames(self) -> list:
+        return [self.data, *self.buffers]
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Any]) -> Pickled:
+        return cls(frames[0], frames[1:])
+
+    def __reduce__(self):
+        return (Pickled, (bytes(self.data), [bytes(memoryview(b)) for b in self.buffers]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pickled):
+            return NotImplemented
+        return bytes(self.data) == bytes(other.data) and [
+            memoryview(b).tobytes() for b in self.buffers
+        ] == [memoryview(b).tobytes() for b in other.buffers]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Pickled {self.nbytes} bytes, {len(self.buffers)} buffers>"
+
+
+def _nbytes(b: Any) -> int:
+    return len(b) if type(b) is bytes else memoryview(b).nbytes
+
+
+def _collector(buffers: list):
+    def callback(buf: pickle.PickleBuffer) -> bool:
+        try:
+            view = buf.raw()  # flat, byte-formatted; fails if not contiguous
+        except BufferError:
+            return True  # in-band
+        if view.nbytes < _OOB_MIN:
+            return True
+        buffers.append(view)
+        return False
+
+    return callback
+
+
+def _needs_cloudpickle(obj: Any) -> bool:
+    """Functions that plain pickle would save by a name the other side cannot look up."""
+    if isinstance(obj, type):
+        return obj.__module__ == "__main__"
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        return type(obj).__module__ == "__main__"
+    qualname = getattr(obj, "__qualname__", "")
+    return (
+        getattr(obj, "__module__", None) in ("__main__", None)
+        or "<lambda>" in qualname
+        or "<locals>" in qualname
+        or bool(getattr(obj, "__closure__", None))
+    )
+
+
+def dumps(msg: Any) -> list:
+    """Encode *msg* into frames: the msgpack body first, then large buffers."""
+    frames: list = [b""]
+
+    def walk(obj: Any) -> Any:
+        t = type(obj)
+        if t is dict:
+            new = None
+            for k, v in obj.items():
+                w = walk(v)
+                if type(k) is tuple:
+                    if new is None:
+                        new = dict(obj)
+                    del new[k]
+                    new[msgpack.ExtType(_EXT_TUPLE_KEY, msgpack.packb(k, use_bin_type=True))] = w
+                elif w is not v:
+                    if new is None:
+                        new = dict(obj)
+                    new[k] = w
+            return obj if new is None else new
+        if t is list or t is tuple:
+            new_l = None
+            for i, v in enumerate(obj):
+                w = walk(v)
+                if w is not v:
+                    if new_l is None:
+                        new_l = list(obj)
+                    new_l[i] = w
+            return obj if new_l is None else new_l
+        if t is bytes or t is bytearray or t is memoryview:
+            if _nbytes(obj) < LARGE_BYTES:
+                return obj
+            frames.append(obj)
+            return msgpack.ExtType(_EXT_BYTES, _I.pack(len(frames) - 1))
+        if t is Pickled:
+            if not obj.buffers and _nbytes(obj.data) < LARGE_BYTES:
+                return msgpack.ExtType(_EXT_PICKLED_INLINE, bytes(obj.data))
+            start = len(frames)
+            frames.append(obj.data)
+            frames.extend(obj.buffers)
+            return msgpack.ExtType(_EXT_PICKLED_FRAMES, _II.pack(start, len(frames) - start))
+        return obj
+
+    body = walk(msg)
+    try:
+        frames[0] = msgpack.packb(body, default=_default, use_bin_type=True)
+    except TypeError as e:
+        raise TypeError(f"Could not serialize message: {e}") from None
+    return frames
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(
+        f"{type(obj).__name__} objects cannot be sent as they are; wrap them in "
+        "hpcdask.protocol.serialize.Pickled.dumps(...)"
+    )
+
+
+def loads(frames: Sequence[Any]) -> Any:
+    """Decode frames from `dumps`; `Pickled` values stay pickled."""
+    if not frames:
+        raise ValueError("cannot decode an empty message")
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == _EXT_PICKLED_INLINE:
+            return Pickled(data)
+        if code == _EXT_PICKLED_FRAMES:
+            start, n = _II.unpack(data)
+            if n < 1 or start < 1 or start + n > len(frames):
+                raise ValueError("message refers to frames it does not have")
+            return Pickled(frames[start], frames[start + 1 : start + n])
+        if code == _EXT_BYTES:
+            (i,) = _I.unpack(data)
+            if not 0 < i < len(frames):
+                raise ValueError("message refers to frames it does not have")
+            return frames[i]
+        if code == _EXT_TUPLE_KEY:
+            return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+        return msgpack.ExtType(code, data)
+
+    return msgpack.unpackb(
+        frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=True
+    )
+
+

@@ -1,0 +1,226 @@
+"""Requests, replies and batched streams over a `Comm`.
+
+A connection starts with a request `{"op": ..., **args}`. Most ops answer once and the comm
+serves the next request; stream ops (`register-worker`, `register-client`) keep the comm as a
+long-lived stream of batched messages. Per-message cost dominates small tasks, so a
+`BatchedSend` writes everything queued during one event-loop turn as a single message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .comm import CommClosedError, connect, listen
+
+logger = logging.getLogger("hpcdask.rpc")
+
+
+class RemoteError(RuntimeError):
+    """A request failed on the other side; the message says where and why."""
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+class Server:
+    """Serves `handlers[op](comm, msg)`; a handler that returns `STREAM` keeps the comm."""
+
+    STREAM = object()
+
+    def __init__(self, security: Any = None) -> None:
+        self.handlers: dict[str, Handler] = {}
+        self.security = security
+        self.listeners: list = []
+        self._comms: set = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def listen(self, address: str, **kwargs: Any) -> Any:
+        listener = await listen(address, self._handle_comm, security=self.security, **kwargs)
+        self.listeners.append(listener)
+        return listener
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+        """A background task that is cancelled with the server and whose errors are logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, (CommClosedError, OSError)):
+                logger.error("background task failed", exc_info=exc)
+
+    async def _handle_comm(self, comm: Any) -> None:
+        self._comms.add(comm)
+        try:
+            while not comm.closed():
+                try:
+                    msg = await comm.recv()
+                except (CommClosedError, OSError):
+                    return
+                if not isinstance(msg, dict) or "op" not in msg:
+                    await comm.send({"status": "error", "text": f"malformed request {msg!r:.100}"})
+                    continue
+                op = msg.pop("op")
+                reply = msg.pop("reply", True)
+                handler = self.handlers.get(op)
+                if handler is None:
+                    result: Any = {"status": "error", "text": f"unknown operation {op!r}"}
+                else:
+                    try:
+                        value = await handler(comm, msg)
+                    except (CommClosedError, asyncio.CancelledError):
+                        raise
+                    except Exception as e:
+                        logger.warning("request %r failed: %s", op, e, exc_info=True)
+                        result = {"status": "error", "text": f"{type(e).__name__}: {e}"}
+                    else:
+                        if value is Server.STREAM:
+                            return
+                        result = {"status": "OK", "result": value}
+                if reply:
+                    await comm.send(result)
+        except (CommClosedError, OSError):
+            pass
+        finally:
+            self._comms.discard(comm)
+
+    async def stop_serving(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for comm in list(self._comms):
+            comm.abort()
+
+
+class ConnectionPool:
+    """Reuses authenticated comms per address for request/reply calls."""
+
+    def __init__(self, security: Any = None, timeout: float | None = None, limit: int = 64) -> None:
+        self.security = security
+        self.timeout = timeout
+        self.limit = limit
+        self._idle: dict[str, deque] = {}
+        self._closed = False
+
+    async def _get(self, address: str) -> Any:
+        idle = self._idle.get(address)
+        while idle:
+            comm = idle.pop()
+            if not comm.closed():
+                return comm
+        return await connect(address, security=self.security, timeout=self.timeout)
+
+    def _put(self, address: str, comm: Any) -> None:
+        idle = self._idle.setdefault(address, deque())
+        if self._closed or len(idle) >= self.limit:
+            comm.abort()
+        else:
+            idle.append(comm)
+
+    async def call(self, address: str, op: str, **kwargs: Any) -> Any:
+        comm = await self._get(address)
+        try:
+            await comm.send({"op": op, **kwargs})
+            response = await comm.recv()
+        except BaseException:
+            comm.abort()
+            raise
+        self._put(address, comm)
+        if response.get("status") != "OK":
+            raise RemoteError(f"{op} on {address} failed: {response.get('text')}")
+        return response.get("result")
+
+    async def send_only(self, address: str, op: str, **kwargs: Any) -> None:
+        comm = await self._get(address)
+        try:
+            await comm.send({"op": op, "reply": False, **kwargs})
+        except BaseException:
+            comm.abort()
+            raise
+        self._put(address, comm)
+
+    def remove(self, address: str) -> None:
+        for comm in self._idle.pop(address, ()):
+            comm.abort()
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for comm in idle:
+                comm.abort()
+        self._idle.clear()
+
+
+class BatchedSend:
+    """Coalesces messages sent during one loop turn into one write, in order."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self.buffer: list = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task = asyncio.ensure_future(self._run())
+
+    def send(self, *msgs: Any) -> None:
+        if self._closed:
+            raise CommClosedError(f"stream to {self.comm.peer_address} is closed")
+        self.buffer.extend(msgs)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        comm = self.comm
+        try:
+            while not self._closed:
+                await self._wake.wait()
+                self._wake.clear()
+                if not self.buffer:
+                    continue
+                payload, self.buffer = self.buffer, []
+                await comm.send(payload)
+        except (CommClosedError, OSError):
+            self._closed = True
+        except asyncio.CancelledError:
+            pass
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far has been handed to the comm."""
+        while self.buffer and not self._closed:
+            await asyncio.sleep(0.001)
+
+    async def close(self) -> None:
+        if not self._closed:
+            await self.flush()
+            self._closed = True
+            self._wake.set()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.comm.close()
+
+    def abort(self) -> None:
+        self._closed = True
+        self._task.cancel()
+        self.comm.abort()
+
+    def closed(self) -> bool:
+        return self._closed or self.comm.closed()
+
+
+async def read_stream(comm: Any, dispatch: Callable[[dict], Any]) -> None:
+    """Feed every message of a batched stream to `dispatch` until the comm closes."""
+    while True:
+        batch = await comm.recv()
+        if isinstance(batch, dict):
+            batch = [batch]
+        for msg in batch:
+            result = dispatch(msg)
+            if result is not None and asyncio.iscoroutine(result):
+                await result

@@ -1,0 +1,563 @@
+"""The async Scheduler: carries the state machine's instructions over comms.
+
+All decisions are in `core.scheduler_state.SchedulerState`; this module only turns messages
+into events and instructions into messages, and answers requests (who has what, run a function
+on every worker, restart, retire workers...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from .. import config
+from ..comm import address_from, get_address_host
+from ..core import scheduler_events as ev
+from ..core.scheduler_state import FIRE_AND_FORGET, SchedulerState
+from ..protocol.serialize import Pickled
+from ..rpc import BatchedSend, ConnectionPool, Server
+from ..security import Security, as_secret, new_secret, remove_secret, save_secret
+from ..utils.logs import LogBuffer
+
+logger = logging.getLogger("hpcdask.scheduler")
+
+
+class Scheduler(Server):
+    """Central scheduler. `await Scheduler(...)` starts it; `.address` is where to connect."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        interface: str | None = None,
+        protocol: str | None = None,
+        security: Security | None = None,
+        scheduler_file: str | None = None,
+        killed_worker_limit: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"Scheduler() got unexpected keyword arguments {sorted(kwargs)}")
+        if security is None:
+            security = Security()
+        if not security.secret:
+            security.secret = as_secret(config.get("secret")) if config.get("secret") else new_secret()
+        super().__init__(security=security)
+        self.listen_address = address_from(protocol=protocol, host=host, port=port,
+                                           interface=interface)  # fmt: skip
+        self.scheduler_file = scheduler_file
+        self.id = f"Scheduler-{uuid.uuid4().hex[:12]}"
+        limit = killed_worker_limit or int(config.get("scheduler.killed-worker-limit", 3))
+        self.state = SchedulerState(killed_worker_limit=limit)
+        self.address = ""
+        self.worker_streams: dict[str, BatchedSend] = {}
+        self.client_streams: dict[str, BatchedSend] = {}
+        self.worker_info: dict[str, dict] = {}
+        self.closing_workers: set[str] = set()
+        self.funcs: dict[str, Any] = {}
+        self.funcs_sent: dict[str, set] = {}
+        self.worker_plugins: dict[str, Any] = {}
+        self.plugins: dict[str, Any] = {}
+        self.events: deque = deque(maxlen=1000)
+        self.pool = ConnectionPool(security=security)
+        self.logs = LogBuffer.attach("hpcdask")
+        self.status = "created"
+        self._workers_changed = asyncio.Event() if _has_loop() else None
+        self._finished: asyncio.Event | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self.handlers.update({
+            "register-worker": self._register_worker,
+            "register-client": self._register_client,
+            "identity": self._identity,
+            "who-has": self._who_has,
+            "gather": self._gather,
+            "broadcast": self._broadcast,
+            "run-on-scheduler": self._run_on_scheduler,
+            "restart": self._restart,
+            "retire-workers": self._retire_workers,
+            "register-worker-plugin": self._register_worker_plugin,
+            "register-scheduler-plugin": self._register_scheduler_plugin,
+            "get-logs": self._get_logs,
+            "adaptive-target": self._adaptive_target,
+            "wait-for-workers": self._wait_for_workers,
+            "story": self._story,
+            "log-event": self._log_event,
+            "terminate": self._terminate,
+            "shutdown": self._shutdown,
+        })  # fmt: skip
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __await__(self):
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Scheduler:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def start(self) -> Scheduler:
+        if self.status == "running":
+            return self
+        self._workers_changed = asyncio.Event()
+        self._finished = asyncio.Event()
+        listener = await self.listen(self.listen_address)
+        self.address = listener.contact_address
+        save_secret(self.address, self.security.secret)
+        if self.scheduler_file:
+            _write_private(self.scheduler_file, json.dumps({
+                "type": "Scheduler", "id": self.id, "address": self.address,
+                "secret": self.security.secret.hex(),
+            }))  # fmt: skip
+        self.status = "running"
+        logger.info("Scheduler at %s", self.address)
+        return self
+
+    async def close(self, close_workers: bool = False) -> None:
+        if self.status in ("closing", "closed"):
+            if self._finished is not None:
+                await self._finished.wait()
+            return
+        self.status = "closing"
+        if close_workers:
+            await self._close_workers()
+        for plugin in list(self.plugins.values()):
+            await _maybe_await(getattr(plugin, "close", None))
+        for bs in list(self.client_streams.values()) + list(self.worker_streams.values()):
+            bs.abort()
+        await self.stop_serving()
+        await self.pool.close()
+        if self.address:
+            remove_secret(self.address)
+        if self.scheduler_file and os.path.exists(self.scheduler_file):
+            os.unlink(self.scheduler_file)
+        self.status = "closed"
+        if self._finished is not None:
+            self._finished.set()
+
+    async def finished(self) -> None:
+        if self._finished is not None:
+            await self._finished.wait()
+
+    async def _close_workers(self, timeout: float = 5.0) -> None:
+        for addr, bs in list(self.worker_streams.items()):
+            self.closing_workers.add(addr)
+            try:
+                bs.send({"op": "close", "nanny": True})
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        while self.worker_streams and time.monotonic() < deadline:
+            await self._wait_workers_changed(deadline - time.monotonic())
+
+    async def _wait_workers_changed(self, timeout: float) -> None:
+        self._workers_changed.clear()
+        try:
+            await asyncio.wait_for(self._workers_changed.wait(), max(timeout, 0.001))
+        except asyncio.TimeoutError:
+            pass
+
+    # ------------------------------------------------------------ carrying out instructions
+
+    def apply(self, *events: Any) -> None:
+        """Feed events to the state machine and carry out what it decides."""
+        send_worker = self.worker_streams.get
+        send_client = self.client_streams.get
+        for ins in self.state.handle(*events):
+            kind = type(ins)
+            if kind is ev.Compute:
+                bs = send_worker(ins.worker)
+                if bs is None or bs.closed():
+                    continue
+                sent = self.funcs_sent[ins.worker]
+                if ins.func not in sent:
+                    sent.add(ins.func)
+                    bs.send(["func", ins.func, self.funcs.get(ins.func)])
+                bs.send(["compute", ins.key, ins.func, ins.args, ins.who_has, ins.nbytes,
+                         ins.priority, ins.resources])  # fmt: skip
+            elif kind is ev.FreeKeys:
+                bs = send_worker(ins.worker)
+                if bs is not None and not bs.closed():
+                    bs.send(["free", ins.keys])
+            elif kind is ev.ReportToClient:
+                bs = send_client(ins.client)
+                if bs is not None and not bs.closed():
+                    msg = ins.msg
+                    if isinstance(msg.get("exception"), BaseException):
+                        msg = {**msg, "exception": Pickled.dumps(msg["exception"])}
+                    bs.send(msg)
+        for plugin in self.plugins.values():
+            hook = getattr(plugin, "transition_log", None)
+            if hook is not None:
+                hook(self.state)
+
+    # ------------------------------------------------------------ worker streams
+
+    async def _register_worker(self, comm: Any, msg: dict) -> Any:
+        addr = msg["address"]
+        if addr in self.worker_streams:
+            await comm.send({"status": "error", "text": f"a worker at {addr} is already registered"})
+            return Server.STREAM
+        self.worker_info[addr] = {
+            "name": msg.get("name"), "nthreads": msg["nthreads"],
+            "memory_limit": msg.get("memory_limit", 0), "resources": msg.get("resources") or {},
+            "host": get_address_host(addr), "pid": msg.get("pid"), "nanny": msg.get("nanny"),
+            "local_directory": msg.get("local_directory"), "metrics": {}, "last_seen": time.time(),
+        }  # fmt: skip
+        await comm.send({"status": "OK", "result": {
+            "address": self.address, "id": self.id,
+            "plugins": dict(self.worker_plugins),
+        }})  # fmt: skip
+        bs = BatchedSend(comm)
+        self.worker_streams[addr] = bs
+        self.funcs_sent[addr] = set()
+        info = self.worker_info[addr]
+        self.apply(ev.AddWorker(addr, msg["nthreads"], msg.get("name"), info["memory_limit"],
+                                info["resources"], info["host"], msg.get("keys")))  # fmt: skip
+        self._notify_plugins("add_worker", worker=addr)
+        self._workers_changed.set()
+        logger.info("Register worker %s (%s threads)", addr, msg["nthreads"])
+        reason = "connection closed"
+        try:
+            while True:
+                batch = await comm.recv()
+                self._worker_batch(addr, batch)
+        except OSError:
+            pass
+        except asyncio.CancelledError:
+            reason = "scheduler closing"
+        finally:
+            safe = addr in self.closing_workers
+            self.closing_workers.discard(addr)
+            self.worker_streams.pop(addr, None)
+            self.funcs_sent.pop(addr, None)
+            self.worker_info.pop(addr, None)
+            self.pool.remove(addr)
+            if self.status == "running":
+                self.apply(ev.RemoveWorker(addr, reason="closed" if safe else reason, safe=safe))
+                self._notify_plugins("remove_worker", worker=addr)
+                if not safe:
+                    logger.warning("Worker %s left unexpectedly (%s)", addr, reason)
+                    self.events.append((time.time(), addr, f"lost: {reason}"))
+            self._workers_changed.set()
+            comm.abort()
+        return Server.STREAM
+
+    def _worker_batch(self, addr: str, batch: list) -> None:
+        events = []
+        for msg in batch:
+            if type(msg) is list:  # ["tf", key, nbytes, type, duration]: the hot path
+                events.append(ev.TaskFinished(addr, msg[1], msg[2], msg[3], msg[4]))
+                continue
+            op = msg["op"]
+            if op == "task-erred":
+                events.append(ev.TaskErred(addr, msg["key"], msg.get("exception"),
+                                           msg.get("traceback"), msg.get("text", "")))  # fmt: skip
+            elif op == "add-keys":
+                events.append(ev.DataAdded(addr, msg["nbytes"]))
+            elif op == "missing-data":
+                events.append(ev.MissingData(msg["key"], msg["errant"], addr, msg.get("dependent")))
+            elif op == "released-keys":
+                events.extend(ev.WorkerReleasedKey(addr, k) for k in msg["keys"])
+            elif op == "heartbeat":
+                info = self.worker_info.get(addr)
+                if info is not None:
+                    info["metrics"] = msg.get("metrics", {})
+                    info["last_seen"] = time.time()
+            elif op == "closing":
+                self.closing_workers.add(addr)
+            elif op == "retire-me":
+                self.spawn(self._retire([addr], close=True))
+        if events:
+            self.apply(*events)
+
+    # ------------------------------------------------------------ client streams
+
+    async def _register_client(self, comm: Any, msg: dict) -> Any:
+        client = msg["client"]
+        await comm.send({"status": "OK", "result": {"address": self.address, "id": self.id}})
+        bs = BatchedSend(comm)
+        self.client_streams[client] = bs
+        self.apply(ev.AddClient(client))
+        try:
+            while True:
+                batch = await comm.recv()
+                for m in batch:
+                    if self._client_msg(client, m) is False:
+                        return Server.STREAM
+        except OSError:
+            pass
+        finally:
+            self.client_streams.pop(client, None)
+            if self.status == "running":
+                self.apply(ev.RemoveClient(client))
+            comm.abort()
+        return Server.STREAM
+
+    def _client_msg(self, client: str, msg: dict) -> bool:
+        op = msg["op"]
+        if op == "update-graph":
+            funcs = msg.get("funcs")
+            if funcs:
+                self.funcs.update(funcs)
+            tasks = []
+            for t in msg["tasks"]:
+                key, func, args, deps, prio, retries, workers, resources, loose = t
+                tasks.append(ev.NewTask(key, func, args, deps or (), prio or 0, retries or 0,
+                                        workers, resources, loose))  # fmt: skip
+            self.apply(ev.UpdateGraph(client, tasks, msg.get("wanted", [])))
+        elif op == "release-keys":
+            self.apply(ev.ReleaseKeys(client, msg["keys"]))
+        elif op == "want-keys":
+            self.apply(ev.WantKeys(msg.get("as", client), msg["keys"]))
+        elif op == "fire-and-forget":
+            self.apply(ev.WantKeys(FIRE_AND_FORGET, msg["keys"]))
+        elif op == "cancel":
+            self.apply(ev.CancelKeys(client, msg["keys"], msg.get("reason") or "cancelled"))
+        elif op == "retry":
+            self.apply(ev.RetryKeys(client, msg["keys"]))
+        elif op == "update-data":
+            for worker, nbytes in msg["who_has"].items():
+                self.apply(ev.DataAdded(worker, nbytes, client))
+        elif op == "close-client":
+            return False
+        return True
+
+    # ------------------------------------------------------------ requests
+
+    def identity(self) -> dict:
+        workers = {}
+        for addr, info in self.worker_info.items():
+            ws = self.state.workers.get(addr)
+            workers[addr] = {
+                "type": "Worker", "id": info["name"], "name": info["name"], "host": info["host"],
+                "nthreads": info["nthreads"], "memory_limit": info["memory_limit"],
+                "resources": info["resources"], "pid": info["pid"], "nanny": info["nanny"],
+                "local_directory": info["local_directory"], "metrics": info["metrics"],
+                "last_seen": info["last_seen"],
+                "processing": len(ws.processing) if ws else 0,
+                "in_memory": len(ws.has_what) if ws else 0,
+                "nbytes": ws.nbytes if ws else 0,
+            }  # fmt: skip
+        return {"type": "Scheduler", "id": self.id, "address": self.address,
+                "workers": workers, "n_tasks": len(self.state.tasks)}  # fmt: skip
+
+    async def _identity(self, comm: Any, msg: dict) -> dict:
+        return self.identity()
+
+    async def _who_has(self, comm: Any, msg: dict) -> dict:
+        out = {}
+        for key in msg["keys"]:
+            ts = self.state.tasks.get(key)
+            out[key] = [ws.address for ws in ts.who_has] if ts and ts.who_has else []
+        return out
+
+    async def _gather(self, comm: Any, msg: dict) -> dict:
+        """Fetch keys from workers for a client that cannot reach them; data stays pickled."""
+        by_worker: dict[str, list] = {}
+        missing = []
+        for key in msg["keys"]:
+            ts = self.state.tasks.get(key)
+            if ts is None or not ts.who_has:
+                missing.append(key)
+            else:
+                by_worker.setdefault(next(iter(ts.who_has)).address, []).append(key)
+        data: dict = {}
+        for worker, keys in by_worker.items():
+            try:
+                data.update(await self.pool.call(worker, "get-data", keys=keys))
+            except OSError:
+                missing.extend(keys)
+        return {"data": data, "missing": missing}
+
+    async def _broadcast(self, comm: Any, msg: dict) -> dict:
+        workers = msg.get("workers") or list(self.worker_streams)
+        resolved = [self.state.resolve_worker(w) or w for w in workers]
+        op = msg.get("msg_op", "run")
+        payload = msg.get("payload", {})
+
+        async def one(addr: str) -> Any:
+            target = addr
+            if msg.get("nanny"):
+                target = self.worker_info.get(addr, {}).get("nanny") or addr
+            try:
+                return await self.pool.call(target, op, **payload)
+            except Exception as e:
+                return {"status": "error", "exception": Pickled.dumps(e), "text": str(e)}
+
+        results = await asyncio.gather(*(one(a) for a in resolved))
+        return dict(zip(resolved, results))
+
+    async def _run_on_scheduler(self, comm: Any, msg: dict) -> Any:
+        func = msg["function"].loads()
+        args = msg["args"].loads() if msg.get("args") is not None else ()
+        kwargs = msg["kwargs"].loads() if msg.get("kwargs") is not None else {}
+        params = _parameters(func)
+        if "dask_scheduler" in params:
+            kwargs["dask_scheduler"] = self
+        elif "scheduler" in params and "scheduler" not in kwargs:
+            kwargs["scheduler"] = self
+        try:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as e:
+            return {"status": "error", "exception": Pickled.dumps(e), "text": str(e)}
+        return {"status": "OK", "result": Pickled.dumps(result)}
+
+    async def _restart(self, comm: Any, msg: dict) -> dict:
+        timeout = msg.get("timeout", 60)
+        n = len(self.worker_streams)
+        nannies = [a for a, i in self.worker_info.items() if i.get("nanny")]
+        for client, bs in self.client_streams.items():
+            for ts in list(self.state.clients.get(client, _Empty).wants_what):
+                bs.send({"op": "cancelled", "key": ts.key, "reason": "the cluster restarted"})
+        self.state = SchedulerState(killed_worker_limit=self.state.killed_worker_limit)
+        for addr, bs in list(self.worker_streams.items()):
+            self.closing_workers.add(addr)
+            bs.send({"op": "close", "restart": True})
+        for client in self.client_streams:
+            self.state.handle(ev.AddClient(client))
+        old = set(self.worker_streams)
+        deadline = time.monotonic() + timeout
+        while old & set(self.worker_streams) or len(self.worker_streams) < len(nannies):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(self.worker_streams)} of {n} workers came back "
+                                   f"within {timeout}s after restart")  # fmt: skip
+            await self._wait_workers_changed(deadline - time.monotonic())
+        return {"workers": len(self.worker_streams)}
+
+    async def _retire_workers(self, comm: Any, msg: dict) -> list:
+        workers = msg.get("workers")
+        if workers is None:
+            n = msg.get("n", 0)
+            idle = sorted(self.state.workers.values(), key=lambda w: (len(w.processing), w.nbytes))
+            workers = [ws.address for ws in idle[:n]]
+        resolved = [self.state.resolve_worker(w) or w for w in workers]
+        await self._retire(resolved, close=msg.get("close", True))
+        return resolved
+
+    async def _retire(self, workers: list[str], close: bool = True, timeout: float = 60) -> None:
+        """Copy data held only by these workers elsewhere, then let them go."""
+        retiring = {self.state.workers[a] for a in workers if a in self.state.workers}
+        if not retiring:
+            return
+        for ws in retiring:
+            ws.status = "closing_gracefully"
+            self.state.idle.discard(ws)
+        keep = [w for w in self.state.workers.values() if w not in retiring]
+        deadline = time.monotonic() + timeout
+        while keep and time.monotonic() < deadline:
+            plan: dict[str, dict[str, list[str]]] = {}
+            for ws in retiring:
+                for ts in ws.has_what:
+                    if ts.who_has and ts.who_has <= retiring and (ts.who_wants or ts.waiters):
+                        dest = min(keep, key=lambda w: w.nbytes)
+                        plan.setdefault(dest.address, {})[ts.key] = [w.address for w in ts.who_has]
+            if not plan:
+                break
+            await asyncio.gather(*(self.pool.call(dest, "acquire-replicas", who_has=who_has)
+                                   for dest, who_has in plan.items()), return_exceptions=True)  # fmt: skip
+        for ws in retiring:
+            self.closing_workers.add(ws.address)
+            self.apply(ev.RemoveWorker(ws.address, reason="retired", safe=True))
+            bs = self.worker_streams.get(ws.address)
+            if close and bs is not None and not bs.closed():
+                bs.send({"op": "close", "nanny": True})
+
+    async def _register_worker_plugin(self, comm: Any, msg: dict) -> dict:
+        name = msg["name"]
+        self.worker_plugins[name] = msg["plugin"]
+        return await self._broadcast(comm, {"msg_op": "plugin-add",
+                                            "payload": {"name": name, "plugin": msg["plugin"]}})  # fmt: skip
+
+    async def _register_scheduler_plugin(self, comm: Any, msg: dict) -> None:
+        plugin = msg["plugin"].loads()
+        self.plugins[msg["name"]] = plugin
+        await _maybe_await(getattr(plugin, "start", None), self)
+
+    def _notify_plugins(self, hook: str, **kwargs: Any) -> None:
+        for plugin in self.plugins.values():
+            method = getattr(plugin, hook, None)
+            if method is not None:
+                try:
+                    result = method(scheduler=self, **kwargs)
+                    if inspect.isawaitable(result):
+                        self.spawn(result)
+                except Exception:
+                    logger.exception("scheduler plugin %r failed in %s", plugin, hook)
+
+    async def _get_logs(self, comm: Any, msg: dict) -> list:
+        return self.logs.lines(msg.get("n"))
+
+    async def _adaptive_target(self, comm: Any, msg: dict) -> int:
+        return self.state.adaptive_target(msg.get("target_duration", 1.0))
+
+    async def _wait_for_workers(self, comm: Any, msg: dict) -> int:
+        n = msg["n"]
+        deadline = time.monotonic() + (msg.get("timeout") or 1e9)
+        while len(self.state.workers) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(self.state.workers)} of {n} workers arrived in time")
+            await self._wait_workers_changed(deadline - time.monotonic())
+        return len(self.state.workers)
+
+    async def _story(self, comm: Any, msg: dict) -> list:
+        return [list(e) for e in self.state.story(*msg["keys"])]
+
+    async def _log_event(self, comm: Any, msg: dict) -> None:
+        self.events.append((time.time(), msg.get("topic", ""), msg.get("text", "")))
+        logger.warning("%s: %s", msg.get("topic", "event"), msg.get("text", ""))
+
+    async def _terminate(self, comm: Any, msg: dict) -> None:
+        asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
+
+    async def _shutdown(self, comm: Any, msg: dict) -> None:
+        await self._close_workers()
+        asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
+
+
+class _Empty:
+    wants_what: set = set()
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _parameters(func: Any) -> set:
+    try:
+        return set(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+async def _maybe_await(func: Any, *args: Any) -> None:
+    if func is None:
+        return
+    result = func(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write a file only its owner can read: it may hold the cluster's secret."""
+    path = os.path.expanduser(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

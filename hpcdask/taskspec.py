@@ -1,0 +1,135 @@
+"""How a task's function and arguments travel from the client to the worker.
+
+Functions are pickled once per distinct function and named by a content hash, so that a
+`map` over 100,000 items sends the function once. Arguments are pickled per task; futures (and
+graph keys) inside them become pickle *persistent ids*, so the worker substitutes the input
+data while unpickling, wherever in the arguments the futures sit, without walking them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .protocol.serialize import Pickled
+
+
+class KeyRef:
+    """A reference to the value of another task, used in graphs given as dicts."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"KeyRef({self.key!r})"
+
+
+def _ref_key(obj: Any) -> str | None:
+    if type(obj) is KeyRef:
+        return obj.key
+    key = getattr(obj, "_hpcdask_future_key", None)
+    return key if isinstance(key, str) else None
+
+
+class _ArgsPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, buffers: list, deps: list) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        self.deps = deps
+
+    def persistent_id(self, obj: Any) -> str | None:
+        key = _ref_key(obj)
+        if key is not None:
+            self.deps.append(key)
+        return key
+
+
+class _CloudArgsPickler(cloudpickle.Pickler):
+    def __init__(self, file: io.BytesIO, buffers: list, deps: list) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        self.deps = deps
+
+    def persistent_id(self, obj: Any) -> str | None:
+        key = _ref_key(obj)
+        if key is not None:
+            self.deps.append(key)
+        return key
+
+
+def dumps_args(args: tuple, kwargs: dict | None) -> tuple[Any, list[str]]:
+    """Pickle (args, kwargs); returns the payload and the keys of the futures inside."""
+    obj = (args, kwargs) if kwargs else args
+    for cls in (_ArgsPickler, _CloudArgsPickler):
+        f = io.BytesIO()
+        buffers: list = []
+        deps: list[str] = []
+        try:
+            cls(f, buffers, deps).dump(obj)
+        except Exception as e:
+            err = e
+            continue
+        payload = f.getvalue()
+        if not buffers:
+            return payload, list(dict.fromkeys(deps))
+        return Pickled(payload, [b.raw() for b in buffers]), list(dict.fromkeys(deps))
+    raise TypeError(f"Could not serialize the arguments of a task: {err}") from err
+
+
+def loads_args(payload: Any, data: dict) -> tuple[tuple, dict]:
+    """Unpickle arguments, replacing references with values from `data`."""
+    if type(payload) is Pickled:
+        header, buffers = payload.data, payload.buffers
+    else:
+        header, buffers = payload, None
+    up = pickle.Unpickler(io.BytesIO(header), buffers=buffers)
+    up.persistent_load = data.__getitem__
+    obj = up.load()
+    if type(obj) is tuple and len(obj) == 2 and type(obj[1]) is dict and type(obj[0]) is tuple:
+        return obj
+    return obj, {}
+
+
+class FunctionCache:
+    """Pickles each distinct function once, keyed by identity then by content."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Any, str, Any]] = {}
+
+    def dumps(self, func: Callable) -> tuple[str, Any]:
+        hit = self._by_id.get(id(func))
+        if hit is not None and hit[0] is func:
+            return hit[1], hit[2]
+        try:
+            pickled = Pickled.dumps(func)
+        except Exception as e:
+            raise TypeError(f"Could not serialize the function {func!r}: {e}") from e
+        digest = hashlib.blake2b(digest_size=12)
+        digest.update(pickled.data)
+        fid = f"{getattr(func, '__name__', type(func).__name__)}-{digest.hexdigest()}"
+        if len(self._by_id) > 10_000:
+            self._by_id.clear()
+        self._by_id[id(func)] = (func, fid, pickled)
+        return fid, pickled
+
+
+def execute_graph_task(task: Any) -> Any:
+    """Evaluate a dask-style task tuple `(func, *args)`, recursing into nested tasks."""
+    if type(task) is tuple and task and callable(task[0]):
+        func, *args = task
+        return func(*(execute_graph_task(a) for a in args))
+    if type(task) is list:
+        return [execute_graph_task(a) for a in task]
+    if type(task) is dict:
+        return {k: execute_graph_task(v) for k, v in task.items()}
+    return task
+
+
+def key_prefix(key: str) -> str:
+    """`inc-abc123` -> `inc`: the name under which tasks' durations are grouped."""
+    return key.rsplit("-", 1)[0] if "-" in key else key

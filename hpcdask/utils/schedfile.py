@@ -1,0 +1,35 @@
+"""The scheduler file: where the scheduler is and the secret to prove membership.
+
+It is written 0600 because it holds the cluster's secret; a file that others can read is
+refused rather than trusted, since anyone could have copied the secret from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+
+def read_scheduler_file(path: str) -> tuple[str, bytes | None]:
+    path = os.path.expanduser(path)
+    try:
+        st = os.stat(path)
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"scheduler file {path} does not exist: start the scheduler with "
+            f"--scheduler-file {path} first, or wait for it to write the file"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"scheduler file {path} is not valid JSON ({e}); is it half-written?") from None
+    secret = info.get("secret")
+    if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PermissionError(
+            f"scheduler file {path} holds the cluster secret but others can read it "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run `chmod 600 {path}`"
+        )
+    if "address" not in info:
+        raise ValueError(f"scheduler file {path} has no 'address' entry")
+    return info["address"], bytes.fromhex(secret) if secret else None

@@ -1,0 +1,51 @@
+"""Byte sizes: parse "4GB"/"512 MiB", print them, and guess how big a Python object is."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
+    "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+}  # fmt: skip
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """`"4GB"` -> 4000000000, `"512MiB"` -> 536870912; a clear error names the bad value."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"could not understand the size {text!r}: use a number with an optional unit "
+            "such as 500MB, 4GB or 2GiB"
+        )
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("kiB", 2**10)):
+        if n >= size * 0.9:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def sizeof(obj: Any) -> int:
+    """A cheap estimate of an object's memory: exact for buffers and arrays."""
+    nbytes = getattr(obj, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(obj, (bytes, bytearray)):
+        return len(obj)
+    if isinstance(obj, (list, tuple, set, frozenset)) and len(obj) < 100_000:
+        return sys.getsizeof(obj) + sum(sizeof(x) for x in list(obj)[:1000]) * max(1, len(obj) // 1000)
+    if isinstance(obj, dict) and len(obj) < 100_000:
+        return sys.getsizeof(obj) + sum(sizeof(k) + sizeof(v) for k, v in list(obj.items())[:1000])
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:
+        return 64

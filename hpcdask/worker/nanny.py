@@ -1,0 +1,242 @@
+"""The nanny: a parent process that keeps one worker process alive.
+
+It restarts the worker when it dies or grows past its memory limit and tells the scheduler why,
+so that a user sees "worker exceeded 95% of 2 GiB" instead of a task that silently restarted.
+The cluster secret reaches the child through its environment, never its command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from ..comm import normalize_address
+from ..rpc import ConnectionPool
+from ..security import Security, resolve_secret
+from .worker import EXIT_RESTART, EXIT_SCHEDULER_GONE, parse_memory_limit
+
+logger = logging.getLogger("hpcdask.nanny")
+
+MEMORY_TERMINATE_FRACTION = 0.95
+MAX_FAST_FAILURES = 3  # deaths before registering, in a row, before the nanny gives up
+
+
+class Nanny:
+    def __init__(
+        self,
+        scheduler_address: str | None = None,
+        nthreads: int | None = None,
+        name: Any = None,
+        memory_limit: str | int | float | None = "auto",
+        security: Security | None = None,
+        scheduler_file: str | None = None,
+        env: dict | None = None,
+        startup_timeout: float = 60,
+        **worker_kwargs: Any,
+    ) -> None:
+        allowed = {"local_directory", "resources", "interface", "protocol", "host", "port",
+                   "death_timeout", "lifetime", "lifetime_stagger"}  # fmt: skip
+        unknown = set(worker_kwargs) - allowed
+        if unknown:
+            raise TypeError(f"Nanny() got unexpected keyword arguments {sorted(unknown)}")
+        if scheduler_file:
+            from ..utils.schedfile import read_scheduler_file
+
+            scheduler_address, secret = read_scheduler_file(scheduler_file)
+            if security is None or not security.secret:
+                security = Security(secret=secret)
+        if not scheduler_address:
+            raise ValueError("Nanny needs a scheduler address (or scheduler_file=)")
+        self.scheduler_address = normalize_address(scheduler_address)
+        self.security = security or Security()
+        if not self.security.secret:
+            self.security.secret = resolve_secret(self.scheduler_address, self.security)
+        self.nthreads = int(nthreads or os.cpu_count() or 1)
+        self.name = name
+        self.memory_limit = parse_memory_limit(memory_limit, 1)
+        self.worker_kwargs = worker_kwargs
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.process: asyncio.subprocess.Process | None = None
+        self.worker_address = ""
+        self.status = "created"
+        self.restarts = 0
+        self._monitor: asyncio.Task | None = None
+        self._finished: asyncio.Event | None = None
+        self._pool: ConnectionPool | None = None
+
+    @property
+    def address(self) -> str:
+        return self.worker_address
+
+    def __await__(self):
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Nanny:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Nanny worker={self.worker_address or '-'} {self.status}>"
+
+    def _command(self) -> list[str]:
+        kw = self.worker_kwargs
+        cmd = [sys.executable, "-m", "hpcdask", "worker", self.scheduler_address, "--no-nanny",
+               "--nthreads", str(self.nthreads), "--memory-limit", str(self.memory_limit)]  # fmt: skip
+        if self.name is not None:
+            cmd += ["--name", str(self.name)]
+        for opt in ("local_directory", "interface", "protocol", "host", "port", "death_timeout",
+                    "lifetime", "lifetime_stagger"):  # fmt: skip
+            if kw.get(opt) not in (None, 0, ""):
+                cmd += ["--" + opt.replace("_", "-"), str(kw[opt])]
+        if kw.get("resources"):
+            cmd += ["--resources", ",".join(f"{k}={v}" for k, v in kw["resources"].items())]
+        return cmd
+
+    async def start(self) -> Nanny:
+        if self.status == "running":
+            return self
+        self._finished = asyncio.Event()
+        self._pool = ConnectionPool(security=self.security)
+        await self._spawn()
+        self.status = "running"
+        self._monitor = asyncio.ensure_future(self._watch())
+        return self
+
+    async def _spawn(self) -> None:
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, **self.env,
+               "HPCDASK_SECRET": self.security.secret.hex(),
+               "HPCDASK_READY_FD": str(write_fd), "HPCDASK_NANNY_PID": str(os.getpid())}  # fmt: skip
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self._command(), env=env, pass_fds=(write_fd,), stdin=asyncio.subprocess.DEVNULL
+            )
+        finally:
+            os.close(write_fd)
+        try:
+            line = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, _read_line, read_fd),
+                self.startup_timeout,
+            )
+        except asyncio.TimeoutError:
+            self.process.kill()
+            raise TimeoutError(f"worker process did not start within {self.startup_timeout}s")
+        if not line:
+            code = await self.process.wait()
+            raise RuntimeError(
+                f"worker process exited with code {code} before connecting to "
+                f"{self.scheduler_address}; see its output above"
+            )
+        self.worker_address = line.strip()
+
+    async def _watch(self) -> None:
+        fast_failures = 0
+        while self.status == "running":
+            proc = self.process
+            reason = await self._wait_or_outgrow(proc)
+            code = proc.returncode
+            if self.status != "running":
+                break
+            if code in (0, EXIT_SCHEDULER_GONE) and reason is None:
+                logger.info("worker %s exited (code %s); nanny stops", self.worker_address, code)
+                break
+            if code != EXIT_RESTART:
+                reason = reason or f"worker process {proc.pid} died with exit code {code}"
+                logger.warning("%s; restarting", reason)
+                await self._report(reason)
+            self.restarts += 1
+            started = time.monotonic()
+            try:
+                await self._spawn()
+                fast_failures = 0
+            except Exception as e:
+                fast_failures += 1
+                logger.error("could not restart the worker: %s", e)
+                if fast_failures >= MAX_FAST_FAILURES or time.monotonic() - started > 300:
+                    break
+        self.status = "closed"
+        if self._finished is not None:
+            self._finished.set()
+
+    async def _wait_or_outgrow(self, proc: asyncio.subprocess.Process) -> str | None:
+        """Wait for the process to end; kill it first if it exceeds its memory limit."""
+        if not self.memory_limit:
+            await proc.wait()
+            return None
+        limit = self.memory_limit * MEMORY_TERMINATE_FRACTION
+        try:
+            ps = psutil.Process(proc.pid)
+        except psutil.Error:
+            await proc.wait()
+            return None
+        while proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                break
+            try:
+                rss = ps.memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                from ..utils.sizes import format_bytes
+
+                reason = (f"worker {self.worker_address} exceeded {MEMORY_TERMINATE_FRACTION:.0%} "
+                          f"of its memory limit ({format_bytes(rss)} > {format_bytes(limit)})")  # fmt: skip
+                proc.kill()
+                await proc.wait()
+                return reason
+        return None
+
+    async def _report(self, text: str) -> None:
+        try:
+            await asyncio.wait_for(self._pool.call(
+                self.scheduler_address, "log-event", topic="worker-restart", text=text), 5)  # fmt: skip
+        except Exception:
+            pass
+
+    async def kill(self) -> None:
+        """Kill the worker process (it will be restarted): for tests and `restart`."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
+    async def close(self, timeout: float = 5) -> None:
+        if self.status == "closed" and (self.process is None or self.process.returncode is not None):
+            return
+        self.status = "closing"
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._monitor is not None:
+            self._monitor.cancel()
+        if self._pool is not None:
+            await self._pool.close()
+        self.status = "closed"
+        if self._finished is not None:
+            self._finished.set()
+
+    async def finished(self) -> None:
+        if self._finished is not None:
+            await self._finished.wait()
+
+
+def _read_line(fd: int) -> str:
+    with os.fdopen(fd, "r") as f:
+        return f.readline()

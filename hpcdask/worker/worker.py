@@ -1,0 +1,465 @@
+"""The async Worker: runs tasks, serves its data to peers, reports to the scheduler.
+
+Decisions (what to run next, what to fetch from whom) are made by `core.worker_state`; this
+module carries them out: a thread pool for tasks, a connection pool for peers, and one batched
+stream to the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psutil
+
+from .. import config
+from ..comm import address_from, normalize_address
+from ..core import worker_state as ws
+from ..protocol.serialize import Pickled
+from ..rpc import BatchedSend, ConnectionPool, Server
+from ..security import Security, resolve_secret
+from ..taskspec import loads_args
+from ..utils.logs import LogBuffer
+from ..utils.sizes import parse_bytes, sizeof
+
+logger = logging.getLogger("hpcdask.worker")
+
+_current_worker: contextvars.ContextVar[Worker | None] = contextvars.ContextVar(
+    "hpcdask_worker", default=None
+)
+_thread_state = threading.local()
+_process_workers: list[Worker] = []
+
+EXIT_RESTART = 17  # asks the nanny to start a new worker
+EXIT_SCHEDULER_GONE = 18  # tells the nanny not to bother
+
+
+def get_worker() -> Worker:
+    """The worker running the current task (or the only worker in this process)."""
+    w = getattr(_thread_state, "worker", None) or _current_worker.get()
+    if w is None and len(_process_workers) == 1:
+        w = _process_workers[0]
+    if w is None:
+        raise ValueError("get_worker() was called outside a task running on a worker")
+    return w
+
+
+class Worker(Server):
+    def __init__(
+        self,
+        scheduler_address: str | None = None,
+        nthreads: int | None = None,
+        name: Any = None,
+        memory_limit: str | int | float | None = "auto",
+        local_directory: str | None = None,
+        resources: dict | None = None,
+        security: Security | None = None,
+        interface: str | None = None,
+        protocol: str | None = None,
+        host: str | None = None,
+        port: int = 0,
+        death_timeout: float | None = None,
+        lifetime: float | None = None,
+        lifetime_stagger: float | None = None,
+        scheduler_file: str | None = None,
+        nanny: str | None = None,
+        plugins: list | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(f"Worker() got unexpected keyword arguments {sorted(kwargs)}")
+        if scheduler_file:
+            from ..utils.schedfile import read_scheduler_file
+
+            scheduler_address, secret = read_scheduler_file(scheduler_file)
+            if security is None or not security.secret:
+                security = Security(secret=secret)
+        if not scheduler_address:
+            raise ValueError("Worker needs a scheduler address (or scheduler_file=)")
+        self.scheduler_address = normalize_address(scheduler_address)
+        if security is None:
+            security = Security()
+        if not security.secret:
+            security.secret = resolve_secret(self.scheduler_address, security)
+        super().__init__(security=security)
+        self.nthreads = int(nthreads or os.cpu_count() or 1)
+        self.name = name
+        self.memory_limit = parse_memory_limit(memory_limit, 1)
+        self.local_directory = local_directory or os.path.join(
+            os.environ.get("TMPDIR", "/tmp"), "hpcdask-worker-space"
+        )
+        self.resources = dict(resources or {})
+        self.listen_address = address_from(
+            protocol=protocol or self.scheduler_address.split("://")[0],
+            host=host, port=port, interface=interface,
+        )  # fmt: skip
+        self.death_timeout = death_timeout
+        self.lifetime = lifetime
+        if lifetime and lifetime_stagger:
+            self.lifetime = lifetime + random.uniform(-lifetime_stagger, lifetime_stagger)
+        self.nanny = nanny
+        self.address = ""
+        self.data: dict[str, Any] = {}
+        self.funcs: dict[str, Any] = {}
+        self.plugins: dict[str, Any] = {}
+        self._initial_plugins = list(plugins or [])
+        self.state: ws.WorkerState | None = None
+        self.pool = ConnectionPool(security=security)
+        self.executor = ThreadPoolExecutor(self.nthreads, thread_name_prefix="hpcdask-task")
+        self.logs = LogBuffer.attach("hpcdask")
+        self.stream: BatchedSend | None = None
+        self.status = "created"
+        self.exit_code = 0
+        self._finished: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.handlers.update({
+            "get-data": self._get_data,
+            "update-data": self._update_data,
+            "run": self._run,
+            "plugin-add": self._plugin_add,
+            "acquire-replicas": self._acquire_replicas,
+            "get-logs": self._get_logs,
+            "close": self._close_request,
+        })  # fmt: skip
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __await__(self):
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Worker:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address or self.listen_address} {self.status} nthreads={self.nthreads}>"
+
+    async def start(self) -> Worker:
+        if self.status == "running":
+            return self
+        self._loop = asyncio.get_running_loop()
+        self._finished = asyncio.Event()
+        os.makedirs(self.local_directory, exist_ok=True)
+        listener = await self.listen(self.listen_address)
+        self.address = listener.contact_address
+        self.state = ws.WorkerState(self.address, self.nthreads, self.resources)
+        timeout = self.death_timeout or float(config.get("comm.timeouts.connect", 30))
+        try:
+            from ..comm import connect
+
+            comm = await connect(self.scheduler_address, security=self.security, timeout=timeout)
+            await comm.send({
+                "op": "register-worker", "address": self.address, "nthreads": self.nthreads,
+                "name": self.name if self.name is not None else self.address,
+                "memory_limit": self.memory_limit, "resources": self.resources,
+                "pid": os.getpid(), "nanny": self.nanny, "local_directory": self.local_directory,
+                "keys": {k: sizeof(v) for k, v in self.data.items()},
+            })  # fmt: skip
+            response = await comm.recv()
+        except BaseException:
+            await self.stop_serving()
+            self.executor.shutdown(wait=False)
+            raise
+        if response.get("status") != "OK":
+            comm.abort()
+            await self.stop_serving()
+            raise RuntimeError(f"scheduler refused worker: {response.get('text')}")
+        self.stream = BatchedSend(comm)
+        self.status = "running"
+        _process_workers.append(self)
+        for name, plugin in response["result"].get("plugins", {}).items():
+            await self._setup_plugin(name, plugin)
+        for plugin in self._initial_plugins:
+            await self._setup_plugin(getattr(plugin, "name", None) or repr(plugin), plugin)
+        self.spawn(self._read_scheduler(comm))
+        self.spawn(self._heartbeat())
+        if self.lifetime:
+            self.spawn(self._retire_after(self.lifetime))
+        logger.info("Worker %s registered with %s", self.address, self.scheduler_address)
+        return self
+
+    async def close(self, reason: str = "closed", exit_code: int = 0) -> None:
+        if self.status in ("closing", "closed"):
+            if self._finished is not None:
+                await self._finished.wait()
+            return
+        self.status = "closing"
+        self.exit_code = exit_code
+        for name, plugin in list(self.plugins.items()):
+            teardown = getattr(plugin, "teardown", None)
+            if teardown is not None:
+                try:
+                    result = teardown(self)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    logger.exception("worker plugin %s failed in teardown", name)
+        if self.stream is not None and not self.stream.closed():
+            try:
+                self.stream.send({"op": "closing"})
+                await asyncio.wait_for(self.stream.close(), 2)
+            except (OSError, asyncio.TimeoutError):
+                self.stream.abort()
+        await self.stop_serving()
+        await self.pool.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self in _process_workers:
+            _process_workers.remove(self)
+        self.status = "closed"
+        logger.info("Worker %s closed (%s)", self.address, reason)
+        if self._finished is not None:
+            self._finished.set()
+
+    async def finished(self) -> None:
+        if self._finished is not None:
+            await self._finished.wait()
+
+    # ------------------------------------------------------------ scheduler stream
+
+    async def _read_scheduler(self, comm: Any) -> None:
+        reason, code = "scheduler connection closed", EXIT_SCHEDULER_GONE
+        try:
+            while True:
+                batch = await comm.recv()
+                events = []
+                for msg in batch:
+                    if type(msg) is list:
+                        op = msg[0]
+                        if op == "compute":
+                            _, key, fid, args, who_has, nbytes, prio, resources = msg
+                            events.append(ws.ComputeTask(key, fid, args, who_has, nbytes,
+                                                         prio, resources))  # fmt: skip
+                        elif op == "func":
+                            self.funcs[msg[1]] = msg[2]
+                        elif op == "free":
+                            events.append(ws.FreeKeys(msg[1]))
+                        continue
+                    if msg.get("op") == "close":
+                        if events:
+                            self._handle(*events)
+                        if msg.get("restart"):
+                            reason, code = "restart requested", EXIT_RESTART
+                        else:
+                            reason, code = "closed by the scheduler", 0
+                        return
+                if events:
+                    self._handle(*events)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if self.status == "running":
+                self.spawn(self.close(reason, exit_code=code))
+
+    def _handle(self, *events: Any) -> None:
+        state = self.state
+        for ins in state.handle(*events):
+            kind = type(ins)
+            if kind is ws.Execute:
+                self._execute(state.tasks[ins.key])
+            elif kind is ws.SendToScheduler:
+                msg = ins.msg
+                if msg["op"] == "task-finished":
+                    msg = ["tf", msg["key"], msg["nbytes"], msg["type"], msg["duration"]]
+                self._send(msg)
+            elif kind is ws.GatherDep:
+                self.spawn(self._gather_dep(ins.worker, ins.keys))
+            elif kind is ws.DropData:
+                for key in ins.keys:
+                    self.data.pop(key, None)
+
+    def _send(self, msg: Any) -> None:
+        if self.stream is not None and not self.stream.closed():
+            self.stream.send(msg)
+
+    # ------------------------------------------------------------ running tasks
+
+    def _execute(self, ts: ws.WTask) -> None:
+        func = self._load_function(ts.func)
+        fut = self._loop.run_in_executor(self.executor, self._run_task, ts.key, func, ts.args)
+        fut.add_done_callback(self._task_done)
+
+    def _load_function(self, fid: Any) -> Any:
+        func = self.funcs.get(fid)
+        if type(func) is Pickled:
+            try:
+                func = self.funcs[fid] = func.loads()
+            except Exception as e:
+                return _Raiser(e)
+        return func
+
+    def _run_task(self, key: str, func: Any, args: Any) -> tuple:
+        _thread_state.worker = self
+        _thread_state.key = key
+        start = time.perf_counter()
+        try:
+            a, kw = loads_args(args, self.data)
+            result = func(*a, **kw)
+        except BaseException as e:  # noqa: BLE001 - a task may raise anything, even SystemExit
+            return key, False, e, traceback.format_exc(), time.perf_counter() - start
+        return key, True, result, None, time.perf_counter() - start
+
+    def _task_done(self, fut: asyncio.Future) -> None:
+        if fut.cancelled() or self.status != "running":
+            return
+        key, ok, value, tb, duration = fut.result()
+        if ok:
+            self.data[key] = value
+            event: Any = ws.ExecuteSuccess(key, sizeof(value), type(value).__name__, duration)
+        else:
+            logger.warning("Task %r raised %s: %s", key, type(value).__name__, value)
+            try:
+                exc = Pickled.dumps(value)
+            except Exception:
+                exc = Pickled.dumps(RuntimeError(f"{type(value).__name__}: {value}"))
+            event = ws.ExecuteFailure(key, exc, tb, f"{type(value).__name__}: {value}")
+        self._handle(event)
+        for plugin in self.plugins.values():
+            hook = getattr(plugin, "transition", None)
+            if hook is not None:
+                try:
+                    hook(key, "executing", "memory" if ok else "error")
+                except Exception:
+                    logger.exception("worker plugin failed in transition")
+
+    # ------------------------------------------------------------ data transfer
+
+    async def _gather_dep(self, worker: str, keys: list) -> None:
+        try:
+            data = await self.pool.call(worker, "get-data", keys=keys)
+        except Exception as e:
+            logger.info("could not fetch %d keys from %s: %s", len(keys), worker, e)
+            self.pool.remove(worker)
+            if self.status == "running":
+                self._handle(ws.GatherFailed(worker, keys))
+            return
+        nbytes = {}
+        for key, value in data.items():
+            value = value.loads() if type(value) is Pickled else value
+            self.data[key] = value
+            nbytes[key] = sizeof(value)
+        if self.status == "running":
+            self._handle(ws.GatherDone(worker, nbytes, [k for k in keys if k not in data]))
+
+    async def _get_data(self, comm: Any, msg: dict) -> dict:
+        data = self.data
+        return {k: Pickled.dumps(data[k]) for k in msg["keys"] if k in data}
+
+    async def _update_data(self, comm: Any, msg: dict) -> dict:
+        nbytes = {}
+        for key, value in msg["data"].items():
+            value = value.loads() if type(value) is Pickled else value
+            self.data[key] = value
+            nbytes[key] = sizeof(value)
+        self._handle(ws.AddData(nbytes))
+        return nbytes
+
+    async def _acquire_replicas(self, comm: Any, msg: dict) -> list:
+        """Copy keys from other workers (used when a worker retires)."""
+        got = []
+        for key, holders in msg["who_has"].items():
+            for holder in holders:
+                try:
+                    data = await self.pool.call(holder, "get-data", keys=[key])
+                except Exception:
+                    continue
+                if key in data:
+                    value = data[key].loads()
+                    self.data[key] = value
+                    self._handle(ws.AddData({key: sizeof(value)}))
+                    got.append(key)
+                    break
+        if got:
+            self._send({"op": "add-keys", "nbytes": {k: sizeof(self.data[k]) for k in got}})
+            await self.stream.flush()
+        return got
+
+    # ------------------------------------------------------------ other requests
+
+    async def _run(self, comm: Any, msg: dict) -> dict:
+        from ..utils.remote import run_remote
+
+        return await run_remote(msg, dask_worker=self)
+
+    async def _plugin_add(self, comm: Any, msg: dict) -> dict:
+        await self._setup_plugin(msg["name"], msg["plugin"])
+        return {"status": "OK"}
+
+    async def _setup_plugin(self, name: str, plugin: Any) -> None:
+        if type(plugin) is Pickled:
+            plugin = plugin.loads()
+        old = self.plugins.pop(name, None)
+        if old is not None and hasattr(old, "teardown"):
+            result = old.teardown(self)
+            if asyncio.iscoroutine(result):
+                await result
+        self.plugins[name] = plugin
+        setup = getattr(plugin, "setup", None)
+        if setup is not None:
+            result = setup(self)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _get_logs(self, comm: Any, msg: dict) -> list:
+        return self.logs.lines(msg.get("n"))
+
+    async def _close_request(self, comm: Any, msg: dict) -> None:
+        asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close("closed by request")))
+
+    async def _heartbeat(self) -> None:
+        proc = psutil.Process()
+        interval = float(config.get("worker.heartbeat-interval", 1.0))
+        while self.status == "running":
+            try:
+                mem = proc.memory_info().rss
+                cpu = proc.cpu_percent()
+            except psutil.Error:
+                mem, cpu = 0, 0.0
+            self._send({"op": "heartbeat", "metrics": {
+                "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
+                "in_memory": len(self.data), "time": time.time(),
+            }})  # fmt: skip
+            await asyncio.sleep(interval)
+
+    async def _retire_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.status == "running":
+            logger.info("Worker %s reached its lifetime; handing its data over", self.address)
+            self._send({"op": "retire-me"})
+
+
+class _Raiser:
+    """Stands in for a function that failed to unpickle, so the task errs with the reason."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"could not deserialize the task's function: {self.exc}") from self.exc
+
+
+def parse_memory_limit(limit: Any, nthreads_total_fraction: float) -> int:
+    """`"auto"` = this machine's memory times the fraction; `0`/None = no limit."""
+    if limit is None or limit == 0 or limit == "0":
+        return 0
+    total = psutil.virtual_memory().total
+    if limit == "auto":
+        return int(total * nthreads_total_fraction)
+    if isinstance(limit, float) and limit <= 1:
+        return int(total * limit)
+    value = parse_bytes(limit) if isinstance(limit, str) else int(limit)
+    return min(value, total)
+
+
+def worker_main_exit_code(worker: Worker) -> int:  # pragma: no cover - used by the CLI
+    return worker.exit_code
+
