@@ -244,12 +244,23 @@ def remove_secret(address: str) -> None:
 
 
 def resolve_secret(address: str | None, security: Security | None = None) -> bytes:
-    """The secret to use for *address*: explicit > config/HPCDASK_SECRET > saved file."""
+    """The secret to use for *address*.
+
+    Explicit ``security.secret`` > config ``secret`` (HPCDASK_SECRET) > config ``secret-file``
+    (HPCDASK_SECRET_FILE) > the file the scheduler saved for *address*.
+    """
     if security is not None and getattr(security, "secret", None):
         return security.secret  # type: ignore[return-value]
     configured = config.get("secret", None)
     if configured:
         return as_secret(configured)
+    secret_file = config.get("secret-file", None)
+    if secret_file:
+        path = Path(os.path.expanduser(str(secret_file)))
+        saved = _read_private(path)
+        if saved is None:
+            raise AuthenticationError(f"secret file {path} (config secret-file) does not exist")
+        return saved
     if address:
         saved = load_secret(address)
         if saved is not None:

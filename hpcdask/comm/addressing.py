@@ -133,7 +133,9 @@ def get_ip_interface(ifname: str) -> str:
     """The IPv4 address of a network interface (``"ib0"``, ``"lo"``...)."""
     interfaces = _ipv4_addresses()
     if ifname not in interfaces:
-        listing = ", ".join(f"{n} ({', '.join(a) or 'no IPv4'})" for n, a in sorted(interfaces.items()))
+        listing = ", ".join(
+            f"{n} ({', '.join(a) or 'no IPv4'})" for n, a in sorted(interfaces.items())
+        )
         raise ValueError(f"no network interface {ifname!r}; this machine has: {listing}")
     if not interfaces[ifname]:
         raise ValueError(f"network interface {ifname!r} has no IPv4 address")

@@ -87,16 +87,20 @@ async def listen(
     security: Any = None,
     **kwargs: Any,
 ) -> Listener:
-    """A started listener; ``handler(comm)`` runs for each peer that proved the secret."""
+    """A started listener; ``handler(comm)`` runs for each peer that proved the secret.
+
+    ``auth_timeout=`` (seconds) overrides config ``comm.timeouts.auth`` for this listener.
+    """
     from hpcdask.security import resolve_secret
 
     scheme, loc = parse_address(addr)
     backend = get_backend(scheme)
     secret = resolve_secret(addr, security)
+    handshake_timeout = kwargs.pop("auth_timeout", None)  # default: config comm.timeouts.auth
 
     async def on_comm(comm: Comm) -> None:
         try:
-            await server_handshake(comm, secret)
+            await server_handshake(comm, secret, timeout=handshake_timeout)
         except (AuthenticationError, CommClosedError) as e:
             logger.warning(
                 "refused connection from %s: failed authentication (%s)", comm.peer_address, e

@@ -431,7 +431,12 @@ class TCPListener(Listener):
         t = protocol.transport
         assert t is not None
         s = self.scheme
-        comm = TCP(protocol, f"{s}://{_sockname(t, 'sockname')}", f"{s}://{_sockname(t, 'peername')}", False)
+        comm = TCP(
+            protocol,
+            f"{s}://{_sockname(t, 'sockname')}",
+            f"{s}://{_sockname(t, 'peername')}",
+            False,
+        )
         task = asyncio.get_running_loop().create_task(self._run(comm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -61,7 +61,9 @@ class Pickled:
             data = cloudpickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
         except Exception as e:
             reason = e if first_error is None else f"{e} (pickle: {first_error})"
-            raise TypeError(f"Could not serialize object of type {type(obj).__name__}: {reason}") from e
+            raise TypeError(
+                f"Could not serialize object of type {type(obj).__name__}: {reason}"
+            ) from e
         return cls(data, buffers)
 
     def loads(self) -> Any:
@@ -213,5 +215,3 @@ def loads(frames: Sequence[Any]) -> Any:
     return msgpack.unpackb(
         frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=True
     )
-
-

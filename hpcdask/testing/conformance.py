@@ -352,7 +352,17 @@ async def check_peer_dies_mid_message(t: TransportSpec) -> None:
             stdout=subprocess.DEVNULL,
         )
         try:
-            remote = await server.next()
+
+            async def accepted() -> Comm:
+                while True:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"the child process exited early ({proc.returncode})")
+                    try:
+                        return await asyncio.wait_for(server.comms.get(), 0.05)
+                    except asyncio.TimeoutError:
+                        continue
+
+            remote = await _wait_for(accepted(), "the child to connect")
             first = await _wait_for(remote.read(), "the child's first message")
             assert [bytes(f) for f in first] == [b"started"]
             proc.kill()
@@ -436,8 +446,10 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
                     pass
                 else:
                     raise AssertionError("connected with the wrong secret")
-                await _poll(lambda: any("refused connection from" in m for m in capture.messages),
-                            "the listener to log the refusal")
+                await _poll(
+                    lambda: any("refused connection from" in m for m in capture.messages),
+                    "the listener to log the refusal",
+                )
                 # 2. raw transport-level peers that skip or botch the handshake
                 scheme, loc = parse_address(addr)
                 backend = get_backend(scheme)
@@ -458,7 +470,9 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
                     await _expect_closed(raw, "the listener to drop an unauthenticated peer")
                 n_refused = 1 + len(attacks)
                 await _poll(
-                    lambda: sum("failed authentication" in m for m in capture.messages) >= n_refused,
+                    lambda: (
+                        sum("failed authentication" in m for m in capture.messages) >= n_refused
+                    ),
                     "a WARNING for every refused peer",
                 )
                 assert not handled, "the handler ran for an unauthenticated peer"
@@ -474,21 +488,17 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
 
 
 async def check_silent_peer_times_out(t: TransportSpec) -> None:
-    from hpcdask import config
-
-    old = config._overrides.get("comm.timeouts.auth")
-    config.set(comm__timeouts__auth=0.3)
+    server = _Server()
+    listener = await listen(
+        t.listen_address, server.handler, security=t.security, auth_timeout=0.3, **t.listen_kwargs
+    )
     try:
-        async with serving(t) as (listener, server):
-            scheme, loc = parse_address(listener.contact_address)
-            raw = await get_backend(scheme).connect(loc, security=t.security, **t.connect_kwargs)
-            await _expect_closed(raw, "the listener to drop a peer that never authenticates")
-            assert server.accepted == 0
+        scheme, loc = parse_address(listener.contact_address)
+        raw = await get_backend(scheme).connect(loc, security=t.security, **t.connect_kwargs)
+        await _expect_closed(raw, "the listener to drop a peer that never authenticates")
+        assert server.accepted == 0
     finally:
-        if old is None:
-            config._overrides.pop("comm.timeouts.auth", None)
-        else:
-            config.set(comm__timeouts__auth=old)
+        listener.stop()
 
 
 CHECKS: list[Callable[[TransportSpec], Awaitable[None]]] = [

@@ -1,0 +1,37 @@
+"""Every available transport against the one conformance suite, under asyncio and uvloop.
+
+The tests drive the event loop themselves (rather than through pytest-asyncio) so that each
+check runs once per loop implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hpcdask.testing.conformance import CHECKS, builtin_transports
+
+TRANSPORTS = {t.scheme: t for t in builtin_transports()}
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _run(loop_kind: str, coro) -> None:
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coro)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
+@pytest.mark.parametrize("scheme", sorted(TRANSPORTS))
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_conformance(loop_kind, scheme, check):
+    _run(loop_kind, check(TRANSPORTS[scheme]))
