@@ -47,10 +47,10 @@ class Server:
         """A background task that is cancelled with the server and whose errors are logged."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._background_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _background_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()

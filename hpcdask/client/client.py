@@ -81,8 +81,8 @@ class Client:
         self._refcount: dict[str, int] = {}
         self._funcs = FunctionCache()
         self._funcs_sent: set[str] = set()
-        self._to_release: list[str] = []
-        self._release_scheduled = False
+        self._outbox: list[dict] = []
+        self._flush_scheduled = False
         self._lock = threading.Lock()
         self.stream: BatchedSend | None = None
         self.pool: ConnectionPool | None = None
@@ -234,27 +234,43 @@ class Client:
                 return
             self._refcount.pop(key, None)
             self._states.pop(key, None)
-            self._to_release.append(key)
-            if self._release_scheduled or self.status != "running":
+        if self.status == "running":
+            self._enqueue(None, release=key)
+
+    def _enqueue(self, msg: dict | None, release: str | None = None) -> None:
+        """Queue a message for the scheduler from any thread, keeping the order of calls.
+
+        Releases and graph updates must reach the scheduler in the order they happened, or a
+        task could arrive after its input was forgotten.
+        """
+        with self._lock:
+            box = self._outbox
+            if release is not None:
+                if box and box[-1]["op"] == "release-keys":
+                    box[-1]["keys"].append(release)
+                else:
+                    box.append({"op": "release-keys", "keys": [release]})
+            else:
+                box.append(msg)
+            if self._flush_scheduled:
                 return
-            self._release_scheduled = True
+            self._flush_scheduled = True
         try:
-            self._call_in_loop(self._flush_releases)
-        except RuntimeError:  # loop closed at interpreter exit
+            self._call_in_loop(self._flush_outbox)
+        except RuntimeError:  # the loop is gone (interpreter exit)
             pass
 
-    def _flush_releases(self) -> None:
+    def _flush_outbox(self) -> None:
         with self._lock:
-            keys, self._to_release = self._to_release, []
-            self._release_scheduled = False
-        keys = [k for k in keys if k not in self._refcount]
-        if keys and self.stream is not None and not self.stream.closed():
-            self.stream.send({"op": "release-keys", "keys": keys})
+            msgs, self._outbox = self._outbox, []
+            self._flush_scheduled = False
+        if msgs and self.stream is not None and not self.stream.closed():
+            self.stream.send(*msgs)
 
     def _send(self, msg: dict) -> None:
         if self.status != "running":
             raise RuntimeError(f"the client is {self.status}; create a new Client to submit work")
-        self._call_in_loop(self.stream.send, msg)
+        self._enqueue(msg)
 
     # ------------------------------------------------------------ submitting
 
@@ -466,7 +482,7 @@ class Client:
             if st.status != "finished":
                 st.finish("", [w for w, d in who_has.items() if k in d])
             futures[k] = Future(k, self, st)
-        self.stream.send({"op": "update-data", "who_has": who_has})
+        self._send({"op": "update-data", "who_has": who_has})
         keys = [k for k, _ in pickled]
         if isinstance(data, dict):
             return {orig: futures[k] for (orig, _), k in zip(items, keys)}
@@ -615,7 +631,7 @@ class Client:
         self.status = "closing"
         if self.stream is not None and not self.stream.closed():
             try:
-                self._flush_releases()
+                self._flush_outbox()
                 self.stream.send({"op": "close-client"})
                 await asyncio.wait_for(self.stream.close(), 2)
             except (OSError, asyncio.TimeoutError):

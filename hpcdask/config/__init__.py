@@ -93,8 +93,9 @@ def _expand_common(layer: dict) -> dict:
 
 def _check_common(layer: dict, source: str) -> dict:
     common_schema, systems = _jobqueue_schema()
-    common = (layer.get("jobqueue") or {}).get("common") or {}
-    for key in common:
+    jq = layer.get("jobqueue")
+    common = jq.get("common") if isinstance(jq, dict) else None
+    for key in map(normalize, common if isinstance(common, dict) else ()):
         if key not in common_schema:
             owner = [s for s, own in systems.items() if key in own]
             where = f" (it belongs under jobqueue.{owner[0]})" if owner else ""
@@ -104,8 +105,8 @@ def _check_common(layer: dict, source: str) -> dict:
 
 def read_layer(data: dict, source: str) -> dict:
     """Validate one layer and expand its common jobqueue block."""
-    layer = validate(data, schema(), source)
-    return _expand_common(_check_common(layer, source))
+    _check_common(data, source)
+    return _expand_common(validate(data, schema(), source))
 
 
 def config_paths() -> list[Path]:

@@ -6,6 +6,7 @@ can be tested on their own and reused for site profiles.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def validate(data: dict, schema: dict, source: str, prefix: str = "") -> dict:
         key = normalize(raw_key)
         path = f"{prefix}{key}"
         if key not in schema:
-            near = [k for k in schema if _close(k, key)]
+            near = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.7)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"{source}: unknown configuration key {path!r}{hint}")
         default = schema[key]
@@ -158,11 +159,3 @@ def validate(data: dict, schema: dict, source: str, prefix: str = "") -> dict:
         out[key] = value
     return out
 
-
-def _close(a: str, b: str) -> bool:
-    """Good enough for "did you mean": same letters give or take one edit."""
-    if abs(len(a) - len(b)) > 2:
-        return False
-    import difflib
-
-    return difflib.SequenceMatcher(None, a, b).ratio() > 0.8

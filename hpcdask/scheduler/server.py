@@ -238,6 +238,7 @@ class Scheduler(Server):
             safe = addr in self.closing_workers
             self.closing_workers.discard(addr)
             self.worker_streams.pop(addr, None)
+            bs.abort()
             self.funcs_sent.pop(addr, None)
             self.worker_info.pop(addr, None)
             self.pool.remove(addr)
@@ -297,6 +298,7 @@ class Scheduler(Server):
             pass
         finally:
             self.client_streams.pop(client, None)
+            bs.abort()
             if self.status == "running":
                 self.apply(ev.RemoveClient(client))
             comm.abort()
