@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install and start the real services the tests use: SLURM, SGE (as root) and MPI (in the venv).
+# A service that cannot be set up is reported loudly; its tests then skip with the reason.
+set -u
+venv=${1:-.venv}
+here=$(cd "$(dirname "$0")" && pwd)
+status=0
+run() {
+  local name=$1; shift
+  echo "== setting up $name"
+  if ! "$@"; then
+    echo "!! $name could not be set up; its tests will be skipped" >&2
+    status=1
+  fi
+}
+[ -f "$here/mpi_setup.sh" ] && run MPI bash "$here/mpi_setup.sh" "$venv"
+if [ "$(id -u)" = 0 ]; then
+  [ -f "$here/slurm_setup.sh" ] && run SLURM bash "$here/slurm_setup.sh"
+  [ -f "$here/sge_setup.sh" ] && run SGE bash "$here/sge_setup.sh"
+else
+  echo "== not root: SLURM and SGE tests will be skipped"
+fi
+exit 0
