@@ -1,0 +1,194 @@
+"""Job scripts without a cluster: options (config + keywords) -> template variables -> text.
+
+Kept free of any scheduler or subprocess so that every site profile and option can be rendered
+and checked in tests, and so that `hpcdask job-script` prints exactly what a cluster submits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from hpcdask import config
+from hpcdask.utils.sizes import parse_bytes
+
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent.parent / "jobscripts"
+#: Per system: environment variable holding the job id inside a job (worker names embed it).
+JOB_ID_VARS = {"slurm": "$SLURM_JOB_ID", "pbs": "$PBS_JOBID", "sge": "$JOB_ID"}
+PLACEHOLDER_ADDRESS = "tcp://SCHEDULER-ADDRESS:8786"
+
+# keyword arguments the Cluster classes take that are not job-script options
+_NOT_OPTIONS = {"site", "template_dir", "config_name", "n_workers", "security", "loop", "asynchronous",
+                "secret_file", "scheduler_address", "worker_name"}  # fmt: skip
+
+
+def parse_walltime(text: str | int | None) -> int | None:
+    """Seconds in `[D-]HH:MM:SS`, `MM:SS` or a number of minutes (SLURM's reading of a bare number)."""
+    if text in (None, ""):
+        return None
+    if isinstance(text, (int, float)):
+        return int(text * 60)
+    m = re.fullmatch(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*", str(text))
+    if not m:
+        raise ValueError(f"walltime {text!r} is not [D-]HH:MM:SS")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if b is None:  # bare minutes
+        h, mi, s = 0, a, 0
+    elif c is None:  # MM:SS, or D-HH:MM
+        h, mi, s = (a, b, 0) if days is not None else (0, a, b)
+    else:
+        h, mi, s = a, b, c
+    return (days or 0) * 86400 + h * 3600 + mi * 60 + s
+
+
+def format_walltime(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def default_processes(cores: int) -> int:
+    """Workers per job when not given: one per core up to 4, then the divisor nearest sqrt(cores)."""
+    if cores <= 4:
+        return cores
+    return min(f for f in range(1, cores + 1) if cores % f == 0 and f >= math.sqrt(cores))
+
+
+def format_size(n: int) -> str:
+    """The shortest exact spelling the worker CLI understands (24GB, 512MiB, or bytes)."""
+    for unit, size in (("GB", 10**9), ("GiB", 2**30), ("MB", 10**6), ("MiB", 2**20)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(int(n))
+
+
+def job_mem(system: str, memory: str, nbytes: int) -> str:
+    """The batch system's spelling of the job's memory."""
+    if system == "pbs":  # PBS sizes are binary: kb/mb/gb = KiB/MiB/GiB, and "GiB" is not accepted
+        m = re.fullmatch(r"\s*(\d+)\s*([kmgtKMGT])i?[bB]\s*", memory)
+        return f"{m.group(1)}{m.group(2).upper()}B" if m else f"{nbytes // 2**20}mb"
+    mib = nbytes // 2**20
+    return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+
+
+def shell_arg(value: Any) -> str:
+    """Quote for the shell unless harmless; `$VARS` stay expandable (e.g. local_directory=$TMPDIR)."""
+    text = str(value)
+    if re.fullmatch(r"[\w@%+=:,./${}~-]+", text):
+        return text
+    if "$" in text:
+        return '"' + re.sub(r'(["\\`])', r"\\\1", text) + '"'
+    return shlex.quote(text)
+
+
+def _without(text: str, skips: list[str]) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(line for line in lines if not any(s and s in line for s in skips))
+
+
+def environment(template_dir: str | None = None) -> jinja2.Environment:
+    dirs = [os.path.expanduser(template_dir)] if template_dir else []
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*dirs, str(PACKAGED_TEMPLATES)]),
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined, autoescape=False,  # noqa: S701 - shell, not HTML
+    )  # fmt: skip
+    env.filters["without"] = _without
+    env.filters["arg"] = shell_arg
+    env.filters["megabytes"] = lambda n: f"{int(n) // 2**20}M"
+    return env
+
+
+def options(system: str, site: str | None = None, **kwargs: Any) -> dict:
+    """Config for *system* (with *site*) overridden by keywords (None = keep the config value)."""
+    merged = config.collect(site=site)["jobqueue"]
+    if system not in merged or system == "common":
+        raise ValueError(f"unknown batch system {system!r}; known: {', '.join(config.SYSTEMS)}")
+    opts = {k.replace("-", "_"): v for k, v in merged[system].items()}
+    unknown = sorted(set(kwargs) - set(opts) - _NOT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unexpected option(s) for {system}: {', '.join(unknown)} (known: "
+                        f"{', '.join(sorted(opts))})")  # fmt: skip
+    for k, v in kwargs.items():
+        if v is not None and k in opts:
+            opts[k] = list(v) if isinstance(v, tuple) else v
+    opts["template_dir"] = kwargs.get("template_dir") or merged.get("template-dir")
+    return opts
+
+
+def lifetime_for(walltime_s: int | None, opts: dict) -> tuple[int | None, int]:
+    """(lifetime, stagger) in seconds: leave a margin before walltime to hand data over."""
+    if opts.get("lifetime") is not None:
+        life = int(opts["lifetime"])
+        return (life or None), int(opts.get("lifetime_stagger") or 0)
+    if not walltime_s:
+        return None, 0
+    margin = opts.get("lifetime_margin")
+    margin = int(margin if margin is not None else min(300, max(10, walltime_s // 10)))
+    stagger = opts.get("lifetime_stagger")
+    stagger = int(stagger if stagger is not None else margin // 4)
+    return max(1, walltime_s - margin), stagger
+
+
+def context(system: str, opts: dict, scheduler_address: str | None = None,
+            secret_file: str | None = None) -> dict:  # fmt: skip
+    """Template variables: the options plus what follows from them (threads, memory, lifetime)."""
+    cores, memory = opts.get("cores"), opts.get("memory")
+    if not cores or cores < 1:
+        raise ValueError(f"cores= is required: how many cores each job has (or set jobqueue.{system}.cores)")
+    if not memory:
+        raise ValueError(f"memory= is required: e.g. memory='16GB' per job (or set jobqueue.{system}.memory)")
+    nbytes = parse_bytes(memory)
+    processes = opts.get("processes") or default_processes(cores)
+    if processes > cores:
+        raise ValueError(f"processes={processes} is more than cores={cores}")
+    walltime_s = parse_walltime(opts.get("walltime"))
+    lifetime, stagger = lifetime_for(walltime_s, opts)
+    ctx = dict(opts)
+    ctx.update(
+        system=system, cores=cores, memory=str(memory), memory_bytes=nbytes, processes=processes,
+        nthreads=max(1, cores // processes), memory_limit=format_size(nbytes // processes),
+        job_cpu=opts.get("job_cpu") or cores, walltime_seconds=walltime_s,
+        walltime=format_walltime(walltime_s) if walltime_s else None,
+        job_mem=opts.get("job_mem") or job_mem(system, str(memory), nbytes),
+        job_name=opts.get("job_name") or opts["name"], python=opts.get("python") or sys.executable,
+        lifetime=lifetime, lifetime_stagger=stagger,
+        scheduler_address=scheduler_address or PLACEHOLDER_ADDRESS, secret_file=secret_file,
+        worker_name=f"{opts['name']}-{JOB_ID_VARS.get(system, '$$')}",
+    )  # fmt: skip
+    if system == "slurm" and ctx.get("resource_spec"):
+        raise ValueError("SLURM has no resource_spec: use job_extra_directives, e.g. ['--gres=gpu:1']")
+    if system == "pbs" and ctx.get("resource_spec"):
+        ctx["resources"] = [ctx["resource_spec"]]
+    env = environment(opts.get("template_dir"))
+    for key in ("resource_spec", "job_extra_directives", "resources"):  # may use {{ cores }} etc.
+        value = ctx.get(key)
+        if isinstance(value, str):
+            ctx[key] = env.from_string(value).render(ctx)
+        elif isinstance(value, list):
+            rendered = (env.from_string(str(v)).render(ctx).strip() for v in value)
+            ctx[key] = [v for v in rendered if v]
+    return ctx
+
+
+def render(system: str, ctx: dict) -> str:
+    env = environment(ctx.get("template_dir"))
+    try:
+        template = env.get_template(f"{system}.sh.j2")
+    except jinja2.TemplateNotFound:
+        raise ValueError(f"no job script template {system}.sh.j2 in "
+                         f"{ctx.get('template_dir') or ''} {PACKAGED_TEMPLATES}") from None  # fmt: skip
+    text = template.render(ctx)
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
+
+
+def job_script(system: str, site: str | None = None, scheduler_address: str | None = None,
+               secret_file: str | None = None, **kwargs: Any) -> str:  # fmt: skip
+    """The script a `<System>Cluster(site=site, **kwargs)` would submit."""
+    opts = options(system, site=site, **kwargs)
+    return render(system, context(system, opts, scheduler_address, secret_file))

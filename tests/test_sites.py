@@ -1,0 +1,110 @@
+"""Every shipped site profile loads, validates and renders; users' profiles shadow them; CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from hpcdask import config
+from hpcdask.cli.jobqueue import register
+from hpcdask.config import ConfigError
+from hpcdask.config._sites import PACKAGED
+from hpcdask.jobqueue import script as js
+from hpcdask.jobqueue._testing import clean_config_fixture  # noqa: F401 - the "home" fixture
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("home")]
+
+SHIPPED = sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+REQUIRED = {"gadi": {"project": "ab12"}, "perlmutter": {"account": "m1234"}}
+
+
+def test_the_required_sites_ship():
+    assert {"gadi", "perlmutter", "ucl-myriad", "ci-slurm", "ci-sge"} <= set(SHIPPED)
+    systems = {s["name"]: s["system"] for s in config.list_sites()}
+    assert systems["gadi"] == "pbs" and systems["perlmutter"] == "slurm"
+    assert "sge" in systems.values()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_renders(name, tmp_path):
+    site = config.load_site(PACKAGED / f"{name}.yaml")
+    text = js.job_script(site["system"], site=name, **REQUIRED.get(name, {}))
+    prefix = {"slurm": "#SBATCH", "pbs": "#PBS", "sge": "#$"}[site["system"]]
+    assert text.startswith("#!") and (f"{prefix} -N " in text or f"{prefix} -J " in text)
+    assert "-m hpcdask worker" in text and "None" not in text and "{{" not in text
+    path = tmp_path / "job.sh"
+    path.write_text(text)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+
+
+def test_perlmutter_profile():
+    lines = js.job_script("slurm", site="perlmutter", account="m1234").splitlines()
+    for expected in ["#SBATCH --constraint=cpu", "#SBATCH --qos=regular", "#SBATCH -A m1234"]:
+        assert expected in lines
+    assert "--interface hsn0" in lines[-1] and "#SBATCH -p" not in "\n".join(lines)
+
+
+def test_user_profile_shadows_shipped_one_and_path_works(home, tmp_path):
+    sites = home / ".config" / "hpcdask" / "sites"
+    sites.mkdir(parents=True)
+    (sites / "gadi.yaml").write_text(
+        "site: {name: gadi, system: pbs, description: my gadi}\njobqueue: {pbs: {queue: express}}\n")
+    assert {s["name"]: s["description"] for s in config.list_sites()}["gadi"] == "my gadi"
+    text = js.job_script("pbs", site="gadi", cores=4, memory="8GB")
+    assert "#PBS -q express" in text and "select=1" in text  # the shipped profile is not merged in
+    own = tmp_path / "lab.yaml"
+    own.write_text("site: {name: lab, system: slurm, description: lab}\n"
+                   "jobqueue: {common: {cores: 2, memory: 4GB}, slurm: {queue: lab}}\n")
+    assert "#SBATCH -p lab" in js.job_script("slurm", site=str(own))
+
+
+def test_bad_profiles_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown site 'nowhere'.*gadi"):
+        js.job_script("pbs", site="nowhere")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jobqueue: {pbs: {queue: q}}\n")
+    with pytest.raises(ConfigError, match="starts with a 'site:' block"):
+        js.job_script("pbs", site=str(bad))
+    bad.write_text("site: {name: b, system: pbs, description: d}\njobqueue: {pbs: {qeue: q}}\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: unknown configuration key 'jobqueue.pbs.qeue'"):
+        js.job_script("pbs", site=str(bad), cores=1, memory="1GB")
+
+
+@pytest.fixture
+def cli():
+    import click
+
+    @click.group()
+    def group() -> None:
+        pass
+
+    register(group)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(group, list(args))
+
+
+def test_cli_sites(cli):
+    out = cli("sites")
+    assert out.exit_code == 0
+    assert all(name in out.output for name in SHIPPED)
+    out = cli("sites", "--system", "pbs", "--paths")
+    assert "gadi" in out.output and "perlmutter" not in out.output and "gadi.yaml" in out.output
+
+
+def test_cli_job_script(cli):
+    out = cli("job-script", "--system", "pbs", "--site", "gadi", "--project", "vp91",
+              "--prologue", "module load python3", "-o", "worker_extra_args=[--foo]")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "#PBS -P vp91" in out.output and "module load python3" in out.output
+    assert "--foo" in out.output
+    out = cli("job-script", "--system", "slurm")
+    assert out.exit_code == 1 and "cores= is required" in out.output
+
+
+def test_main_cli_has_the_commands():
+    out = subprocess.run([sys.executable, "-m", "hpcdask", "sites"], capture_output=True, text=True,
+                         timeout=30)  # fmt: skip
+    assert out.returncode == 0 and "gadi" in out.stdout
