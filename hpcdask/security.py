@@ -63,7 +63,7 @@ def as_secret(value: bytes | bytearray | str) -> bytes:
 class Security:
     """Credentials of one process: the cluster secret and, for ``tls://``, certificates."""
 
-    __slots__ = ("secret", "require_encryption", *_TLS_FIELDS, "_tls_memory")
+    __slots__ = ("secret", "require_encryption", *_TLS_FIELDS, "_tls_memory", "_contexts")
 
     def __init__(
         self,
@@ -86,7 +86,39 @@ class Security:
         self.tls_scheduler_key = tls_scheduler_key
         self.tls_worker_cert = tls_worker_cert
         self.tls_worker_key = tls_worker_key
-        self._tls_memory: dict[str, Any] | None = None
+        self._tls_memory: dict[str, bytes] | None = None  # PEMs from temporary()
+        self._contexts: dict[tuple[str, bool], Any] = {}
+
+    @classmethod
+    def temporary(cls, secret: bytes | str | None = None) -> Security:
+        """Fresh in-memory credentials: a self-signed CA and one certificate it signed.
+
+        Meant for tests and for clusters whose processes all start from one parent (which
+        hands the credentials down), so no files are written. Turns on require_encryption.
+        """
+        from hpcdask.comm._tlsutil import make_temporary_credentials
+
+        sec = cls(secret=secret if secret is not None else new_secret(), require_encryption=True)
+        sec._tls_memory = make_temporary_credentials()
+        return sec
+
+    @property
+    def has_tls(self) -> bool:
+        return bool(self._tls_memory or self.tls_ca_file)
+
+    def ssl_context(self, role: str = "client", server_side: bool = False) -> Any:
+        """The ssl.SSLContext for *role* (client/scheduler/worker); mutual TLS, cached.
+
+        A role without its own certificate falls back to another role's, so one certificate
+        pair may serve the whole cluster.
+        """
+        key = (role, server_side)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            from hpcdask.comm._tlsutil import build_context
+
+            ctx = self._contexts[key] = build_context(self, role, server_side)
+        return ctx
 
     def __repr__(self) -> str:
         parts = ["secret=" + ("<hidden>" if self.secret else "None")]
@@ -100,16 +132,18 @@ class Security:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Security):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__[:-1])
 
     __hash__ = None  # type: ignore[assignment]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in self.__slots__}
+        return {s: getattr(self, s) for s in self.__slots__[:-1]}  # SSL contexts don't pickle
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self._tls_memory = None
         for k, v in state.items():
             setattr(self, k, v)
+        self._contexts = {}
 
 
 # --- secret files ---------------------------------------------------------------------------

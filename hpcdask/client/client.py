@@ -175,7 +175,11 @@ class Client:
             await self.cluster
         if self.security is None or not self.security.secret:
             security = self.security or Security()
-            security.secret = resolve_secret(self.scheduler_address, security)
+            try:
+                security.secret = resolve_secret(self.scheduler_address, security)
+            except PermissionError:
+                await _raise_if_unreachable(self.scheduler_address, self.timeout)
+                raise
             self.security = security
         self.pool = ConnectionPool(security=self.security, timeout=self.timeout)
         comm = await connect(self.scheduler_address, security=self.security, timeout=self.timeout)
@@ -422,7 +426,7 @@ class Client:
                     who = await self.pool.call(self.scheduler_address, "who-has", keys=[f.key])
                     if not who.get(f.key):
                         f._state.reset()
-        return [out[f.key] for f in futures if out.get(f.key, None) is not _SKIP or errors == "raise"]
+        return [out[f.key] for f in futures]  # failed ones are _SKIP; _rebuild drops them
 
     async def _fetch(self, worker: str, keys: list[str]) -> dict:
         try:
@@ -675,6 +679,22 @@ class Client:
         return f"<pre>{self!r}</pre>".replace("<Client", "&lt;Client").replace(">", "&gt;", 1)
 
 
+async def _raise_if_unreachable(address: str, timeout: float) -> None:
+    """Without a secret we cannot talk to the scheduler, but if nothing listens there at all,
+    saying so is the more useful error."""
+    from ..comm.registry import get_backend
+
+    get_backend(address.split("://")[0])  # an unknown scheme is the clearest error of all
+    try:
+        comm = await connect(address, security=Security(secret=b"reachability-probe"),
+                             timeout=timeout)  # fmt: skip
+    except PermissionError:
+        return
+    except OSError:
+        raise
+    comm.abort()
+
+
 def _identity(x: Any) -> Any:
     return x
 
@@ -709,8 +729,8 @@ def _rebuild(obj: Any, results: dict, errors: str) -> Any:
             items = [x for x in items if x is not _SKIP]
         return type(obj)(items) if isinstance(obj, tuple) else items
     if isinstance(obj, dict):
-        return {k: _rebuild(v, results, errors) for k, v in obj.items()
-                if errors != "skip" or _rebuild(v, results, errors) is not _SKIP}  # fmt: skip
+        out = {k: _rebuild(v, results, errors) for k, v in obj.items()}
+        return {k: v for k, v in out.items() if v is not _SKIP}
     return obj
 
 

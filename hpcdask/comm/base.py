@@ -143,6 +143,9 @@ class Backend(abc.ABC):
     handshake on top. *loc* is the address without ``scheme://``.
     """
 
+    #: bytes never cross a network unencrypted (what Security.require_encryption asks for)
+    encrypted: bool = False
+
     @abc.abstractmethod
     async def connect(self, loc: str, **kwargs: Any) -> Comm:
         """Open a raw comm; ConnectionRefusedError (an OSError) while nobody listens."""

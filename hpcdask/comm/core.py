@@ -33,6 +33,14 @@ def _connect_timeout() -> float:
     return float(config.get("comm.timeouts.connect", 30.0) or 30.0)
 
 
+def _check_encryption(addr: str, backend: Any, security: Any) -> None:
+    if getattr(security, "require_encryption", False) and not backend.encrypted:
+        raise ValueError(
+            f"require_encryption is set but {addr} is not an encrypted transport: "
+            "use tls:// or wss:// addresses (e.g. protocol='tls')"
+        )
+
+
 async def connect(
     addr: str, *, security: Any = None, timeout: float | None = None, **kwargs: Any
 ) -> Comm:
@@ -45,6 +53,7 @@ async def connect(
 
     scheme, loc = parse_address(addr)
     backend = get_backend(scheme)
+    _check_encryption(addr, backend, security)
     secret = resolve_secret(addr, security)
     timeout = _connect_timeout() if timeout is None else float(timeout)
     loop = asyncio.get_running_loop()
@@ -63,8 +72,13 @@ async def connect(
         except AuthenticationError as e:
             if comm is not None:
                 comm.abort()
-            if not isinstance(e.__cause__, CommClosedError):
+            cause = e.__cause__
+            if not isinstance(cause, CommClosedError):
                 raise
+            if isinstance(cause.__cause__, ssl.SSLError):  # TLS 1.3: refused after the handshake
+                raise AuthenticationError(
+                    f"{addr} refused our TLS certificate: {cause.__cause__}"
+                ) from cause
             last = e  # e.g. the listener was stopping: try again
         except ssl.SSLError as e:
             raise AuthenticationError(f"TLS handshake with {addr} failed: {e}") from e
@@ -95,6 +109,7 @@ async def listen(
 
     scheme, loc = parse_address(addr)
     backend = get_backend(scheme)
+    _check_encryption(addr, backend, security)
     secret = resolve_secret(addr, security)
     handshake_timeout = kwargs.pop("auth_timeout", None)  # default: config comm.timeouts.auth
 

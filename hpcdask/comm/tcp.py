@@ -102,6 +102,7 @@ class _Protocol(asyncio.BufferedProtocol):
         if self._closed_exc is None:
             reason = f": {exc}" if exc else ""
             self._closed_exc = CommClosedError(f"connection to {self._peer()} closed{reason}")
+            self._closed_exc.__cause__ = exc  # e.g. an SSLError: tells refusal from a crash
         self._wake(self._reader, exc=self._closed_exc)
         self._wake(self._drain, exc=self._closed_exc)
         self._reader = self._drain = None
@@ -493,7 +494,12 @@ class TCPBackend(Backend):
         host, port = parse_host_port(loc)
         ssl = self._ssl_for_connect(loc, kw)
         loop = asyncio.get_running_loop()
-        extra = {"server_hostname": kw.get("server_hostname") or host.strip("[]")} if ssl else {}
+        extra: dict[str, Any] = {}
+        if ssl is not None:
+            from hpcdask.protocol.auth import auth_timeout
+
+            extra["server_hostname"] = kw.get("server_hostname") or host.strip("[]")
+            extra["ssl_handshake_timeout"] = auth_timeout()
         s = self.scheme
         peer = f"{s}://{unparse_host_port(host, port)}"
 
@@ -501,11 +507,16 @@ class TCPBackend(Backend):
             # The comm exists before the first byte is parsed, so the handshake bounds apply.
             TCP(p, f"{s}://{_sockname(p.transport, 'sockname')}", peer, True)  # type: ignore[arg-type]
 
-        _, protocol = await loop.create_connection(
-            lambda: _Protocol(on_connection), host.strip("[]"), port, ssl=ssl, **extra
-        )
-        assert protocol.comm is not None
-        return protocol.comm
+        protocols: list[_Protocol] = []
+
+        def factory() -> _Protocol:
+            protocols.append(_Protocol(on_connection))
+            return protocols[-1]
+
+        await loop.create_connection(factory, host.strip("[]"), port, ssl=ssl, **extra)
+        comm = protocols[0].comm  # (with ssl, uvloop returns its SSL protocol, not ours)
+        assert comm is not None
+        return comm
 
     def get_listener(self, loc: str, handler: Callable[[Comm], Any], **kw: Any) -> Listener:
         return self.listener_class(loc, handler, ssl=self._ssl_for_listen(kw))

@@ -143,7 +143,6 @@ class SchedulerState:
         self.seq = 0
         self._recs: list[tuple[TaskState, str]] = []
         self._out: list = []
-        self._free: dict[str, list[str]] = {}
         self._stim = ""
         self._handlers = {
             UpdateGraph: self._update_graph,
@@ -188,11 +187,7 @@ class SchedulerState:
             self._stim = stimulus_id or type(ev).__name__
             self._handlers[type(ev)](ev)
             self._run_transitions()
-        out = self._out
-        if self._free:
-            out.extend(FreeKeys(w, keys) for w, keys in self._free.items())
-            self._free = {}
-        self._out = []
+        out, self._out = self._out, []
         return out
 
     def story(self, *keys: str) -> list[tuple]:
@@ -473,7 +468,9 @@ class SchedulerState:
         self.log.append((ts.key, start, "processing", self._stim, time.time()))
 
     def _free_on(self, ws: WorkerState, key: str) -> None:
-        self._free.setdefault(ws.address, []).append(key)
+        # In line with Compute instructions: a retry may send the same key to the same worker
+        # right after freeing it there, and the worker must see the free first.
+        self._out.append(FreeKeys(ws.address, [key]))
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -667,7 +664,6 @@ class SchedulerState:
                     ts.who_has = None
                     self._rec(ts, "released")
                     self._run_transitions()
-        self._free.pop(ws.address, None)
 
     def _task_finished(self, ev: TaskFinished) -> None:
         ts = self.tasks.get(ev.key)

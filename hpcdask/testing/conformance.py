@@ -43,14 +43,14 @@ class TransportSpec:
     scheme: str
     listen_address: str
     security: Security
-    wrong_security: Security | None = None  # credentials the listener must refuse
+    wrong_security: list[Security] = field(default_factory=list)  # must all be refused
     multiprocess: bool = True  # can another process connect to its listeners?
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
     listen_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.wrong_security is None:
-            self.wrong_security = _with_secret(self.security, new_secret())
+        if not self.wrong_security:
+            self.wrong_security = [_with_secret(self.security, new_secret())]
 
     def __repr__(self) -> str:
         return f"TransportSpec({self.scheme})"
@@ -79,7 +79,18 @@ def builtin_transports() -> list[TransportSpec]:
     return specs
 
 
-_OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = []
+def _tls(secret: bytes) -> TransportSpec:
+    import cryptography  # noqa: F401 - Security.temporary() needs it
+
+    security = Security.temporary(secret)
+    wrong_ca = Security.temporary(secret)  # right secret, certificate from another CA
+    wrong_secret = _with_secret(security, new_secret())
+    return TransportSpec(
+        "tls", "tls://127.0.0.1:0", security, wrong_security=[wrong_ca, wrong_secret]
+    )
+
+
+_OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = [_tls]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -439,15 +450,19 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
         try:
             async with serving(t, careless_handler) as (listener, _):
                 addr = listener.contact_address
-                # 1. a peer holding the wrong secret
-                try:
-                    await _connect(t, addr, security=t.wrong_security)
-                except AuthenticationError:
-                    pass
-                else:
-                    raise AssertionError("connected with the wrong secret")
+                # 1. peers holding the wrong secret (or certificate)
+                for wrong in t.wrong_security:
+                    try:
+                        await _connect(t, addr, security=wrong)
+                    except AuthenticationError:
+                        pass
+                    else:
+                        raise AssertionError(f"connected with wrong credentials {wrong}")
                 await _poll(
-                    lambda: any("refused connection from" in m for m in capture.messages),
+                    lambda: (
+                        sum("refused connection from" in m for m in capture.messages)
+                        >= len(t.wrong_security)
+                    ),
                     "the listener to log the refusal",
                 )
                 # 2. raw transport-level peers that skip or botch the handshake
@@ -460,7 +475,8 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
                 ]
                 for attack in attacks:
                     raw = await _wait_for(
-                        backend.connect(loc, security=t.wrong_security, **t.connect_kwargs),
+                        # right transport credentials (if any): the HMAC layer is under test
+                        backend.connect(loc, security=t.security, **t.connect_kwargs),
                         "a raw connection",
                     )
                     await _wait_for(raw.read(), "the challenge")
@@ -468,7 +484,7 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
                         with contextlib.suppress(CommClosedError):
                             await raw.write(frames)
                     await _expect_closed(raw, "the listener to drop an unauthenticated peer")
-                n_refused = 1 + len(attacks)
+                n_refused = len(t.wrong_security) + len(attacks)
                 await _poll(
                     lambda: (
                         sum("failed authentication" in m for m in capture.messages) >= n_refused

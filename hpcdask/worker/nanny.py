@@ -114,7 +114,11 @@ class Nanny:
 
     async def _spawn(self) -> None:
         read_fd, write_fd = os.pipe()
+        # The child sees the modules this process sees, as multiprocessing's spawn would give.
+        paths = [p or os.getcwd() for p in sys.path if os.path.isdir(p or ".")]
+        extra = os.environ.get("PYTHONPATH")
         env = {**os.environ, **self.env,
+               "PYTHONPATH": os.pathsep.join(paths + ([extra] if extra else [])),
                "HPCDASK_SECRET": self.security.secret.hex(),
                "HPCDASK_READY_FD": str(write_fd), "HPCDASK_NANNY_PID": str(os.getpid())}  # fmt: skip
         try:
