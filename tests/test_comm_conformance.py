@@ -25,9 +25,19 @@ def _run(loop_kind: str, coro) -> None:
         loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(coro)
-        loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
+        # as asyncio.run does: handler tasks of listeners that were stopped still wait
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(_gather(pending))
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def _gather(tasks) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])

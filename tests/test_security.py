@@ -114,3 +114,58 @@ def test_no_secret_says_what_to_do():
 
 def test_secrets_dir_env(private_dir):
     assert secrets_dir() == private_dir
+
+
+def test_temporary_credentials():
+    pytest.importorskip("cryptography")
+    s = Security.temporary()
+    assert s.secret and s.require_encryption and s.has_tls
+    assert "in-memory" in repr(s) and "BEGIN" not in repr(s)
+    ctx = s.ssl_context("worker", server_side=True)
+    assert s.ssl_context("worker", server_side=True) is ctx  # cached
+    again = pickle.loads(pickle.dumps(s))
+    assert again == s and again.ssl_context("client") is not None
+
+
+async def test_require_encryption_refuses_plain_tcp():
+    from hpcdask.comm import connect, listen
+
+    s = Security(secret=new_secret(), require_encryption=True)
+    with pytest.raises(ValueError, match="tls://"):
+        await listen("tcp://127.0.0.1:0", lambda c: None, security=s)
+    with pytest.raises(ValueError, match="require_encryption"):
+        await connect("tcp://127.0.0.1:1", security=s)
+
+
+async def test_tls_from_files(tmp_path):
+    pytest.importorskip("cryptography")
+    from hpcdask.comm import connect, listen
+
+    mem = Security.temporary()._tls_memory
+    (tmp_path / "ca.pem").write_bytes(mem["ca"])
+    (tmp_path / "cert.pem").write_bytes(mem["cert"])
+    (tmp_path / "key.pem").write_bytes(mem["key"])
+    secret = new_secret()
+    server = Security(
+        secret=secret,
+        tls_ca_file=str(tmp_path / "ca.pem"),
+        tls_scheduler_cert=str(tmp_path / "cert.pem"),
+        tls_scheduler_key=str(tmp_path / "key.pem"),
+    )
+    client = Security(
+        secret=secret,
+        require_encryption=True,
+        tls_ca_file=str(tmp_path / "ca.pem"),
+        tls_client_cert=str(tmp_path / "cert.pem"),
+        tls_client_key=str(tmp_path / "key.pem"),
+    )
+    got = []
+    listener = await listen("tls://127.0.0.1:0", got.append, security=server)
+    comm = await connect(listener.contact_address, security=client, timeout=10)
+    assert comm.peer_address.startswith("tls://")
+    comm.abort()
+    listener.stop()
+    with pytest.raises(ValueError, match="tls_client_cert|certificates"):
+        Security(secret=secret, tls_ca_file=str(tmp_path / "ca.pem")).ssl_context("client")
+    with pytest.raises(ValueError, match="Security.temporary"):
+        await listen("tls://127.0.0.1:0", got.append, security=Security(secret=secret))
