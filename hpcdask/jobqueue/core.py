@@ -1,0 +1,378 @@
+"""JobQueueCluster: workers in batch jobs, scaled in whole jobs, tracked by polling the queue.
+
+Jobs are tracked, not assumed: one batched status call per `poll_interval` gives every job's
+real state and the batch system's reason; a job that ends before its workers connect is kept
+with the tail of its output, and `wait_for_workers` fails with that instead of waiting forever.
+Workers leave before walltime (`--lifetime`) and the cluster submits replacement jobs first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..deploy.cluster import Cluster
+from ..utils.sizes import parse_bytes
+from . import script
+from .batch import (
+    ENDED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    BatchSystem,
+    JobFailedError,
+    JobStatus,  # fmt: skip
+    JobSubmissionError,
+    tail,
+)
+
+logger = logging.getLogger("hpcdask.jobqueue")
+MAX_FAILED_IN_A_ROW = 3
+
+
+@dataclass
+class Job:
+    id: str
+    names: list[str]  # the workers this job starts
+    submitted: float
+    state: str = PENDING
+    reason: str = ""
+    raw: str = ""
+    started: float | None = None
+    ended: float | None = None
+    connected: set = field(default_factory=set)  # names that connected at least once
+    cancelled: bool = False  # by us
+    replaced: bool = False  # a replacement was submitted; its workers leave at their lifetime
+    hopeless: bool = False  # pending, but the batch system says it can never start
+    output: str = ""  # tail of the job's output when it went wrong
+
+    def describe(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        text = f"job {self.id} ({self.state}{why})"
+        if self.output:
+            text += "; last lines of its output:\n    " + self.output.replace("\n", "\n    ")
+        return text
+
+
+class _Slot:
+    """A worker the cluster expects: `address` is set once it has connected."""
+
+    __slots__ = ("job", "address")
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.address: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<worker of job {self.job} at {self.address or '(not connected)'}>"
+
+
+class JobQueueCluster(Cluster):
+    """Base of SLURMCluster, PBSCluster and SGECluster; subclasses name the system and its
+    batch adapter. Options as dask-jobqueue (`cores`, `memory`, `processes`, `walltime`, ...),
+    defaults from configuration `jobqueue.<system>` and an optional site profile (`site=`)."""
+
+    system = ""
+    batch_class: type[BatchSystem] = BatchSystem
+
+    def __init__(self, n_workers: int = 0, *, site: str | None = None,
+                 template_dir: str | None = None, security: Any = None,
+                 asynchronous: bool = False, config_name: str | None = None,
+                 **options: Any) -> None:  # fmt: skip
+        self._opts = script.options(self.system, site=site, template_dir=template_dir, **options)
+        self._ctx = script.context(self.system, self._opts)  # fails early on missing cores/memory
+        sched = dict(self._opts.get("scheduler_options") or {})
+        if not {"interface", "host"} & set(sched) and self._opts.get("interface"):
+            sched["interface"] = self._opts["interface"]  # scheduler_options may pick another
+        super().__init__(asynchronous=asynchronous, security=security, scheduler_options=sched)
+        self.processes: int = self._ctx["processes"]
+        self.batch = self.batch_class(self._opts.get("submit_command_extra"))
+        self.jobs: dict[str, Job] = {}
+        self._n_workers = n_workers
+        self._submit_dir = os.getcwd()
+        self._secret_path: Path | None = None
+        self._script = ""
+        self._poller: asyncio.Task | None = None
+        self._failed_in_a_row = 0
+        self._begin()
+
+    # ------------------------------------------------------------ scripts and secrets
+
+    def job_script(self) -> str:
+        """The script this cluster submits (the scheduler's address once it has started)."""
+        if self._script:
+            return self._script
+        return script.render(self.system, self._ctx)
+
+    def _write_secret(self) -> Path:
+        from ..security import secrets_dir
+
+        d = secrets_dir()
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = d / f"jobqueue-{uuid.uuid4().hex}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.security.secret.hex() + "\n")
+        return path
+
+    async def _post_start(self) -> None:
+        self._secret_path = self._write_secret()
+        ctx = script.context(self.system, self._opts, self.scheduler_address, str(self._secret_path))
+        self._script = script.render(self.system, ctx)
+        self._poller = asyncio.ensure_future(self._poll_loop())
+        if self._n_workers:
+            await self._scale(self._n_workers)
+
+    # ------------------------------------------------------------ scaling in whole jobs
+
+    @property
+    def _lifetime(self) -> int | None:
+        return self._ctx.get("lifetime")
+
+    def _threads_per_worker(self) -> int:
+        return self._ctx["nthreads"]
+
+    def scale(self, n: int | None = None, jobs: int | None = None, memory: Any = None,
+              cores: int | None = None) -> Any:  # fmt: skip
+        """`scale(n)` workers, or enough for `jobs=`, `cores=` or `memory=`; rounds up to jobs."""
+        if jobs is not None:
+            n = jobs * self.processes
+        elif cores is not None:
+            n = math.ceil(cores / self._ctx["nthreads"])
+        elif memory is not None:
+            n = math.ceil(parse_bytes(memory) / parse_bytes(self._ctx["memory_limit"]))
+        self._failed_in_a_row = 0  # an explicit request tries again after failures
+        return super().scale(n)
+
+    def adapt(self, minimum: int = 0, maximum: float = math.inf, minimum_jobs: int | None = None,
+              maximum_jobs: int | None = None, **kwargs: Any) -> Any:  # fmt: skip
+        """Adapt between `minimum`/`maximum` workers (or `minimum_jobs`/`maximum_jobs` jobs)."""
+        if minimum_jobs is not None:
+            minimum = minimum_jobs * self.processes
+        if maximum_jobs is not None:
+            maximum = maximum_jobs * self.processes
+        return super().adapt(minimum=minimum, maximum=maximum, **kwargs)
+
+    def _active(self) -> list[Job]:
+        return [j for j in self.jobs.values()
+                if j.state not in ENDED and not j.cancelled and not j.replaced]  # fmt: skip
+
+    async def _scale(self, n: int) -> None:
+        async with self._lock:
+            want, active = math.ceil(n / self.processes), self._active()
+            if want > len(active):
+                await self._submit(want - len(active))
+            elif want < len(active):
+                await self._stop_jobs(self._cheapest(active)[: len(active) - want])
+
+    def _cheapest(self, jobs: list[Job]) -> list[Job]:
+        """Jobs to stop first: not yet running (newest first), then the least busy running ones."""
+        state, addr = self.scheduler.state, self._addresses()
+
+        def cost(job: Job) -> tuple:
+            ws = [state.workers[addr[n]] for n in job.names if addr.get(n) in state.workers]
+            busy = (sum(len(w.processing) for w in ws), sum(w.nbytes for w in ws))
+            return (job.state == RUNNING, *busy, -job.submitted)
+
+        return sorted(jobs, key=cost)
+
+    async def _start_workers(self, n: int) -> None:
+        await self._submit(math.ceil(n / self.processes))
+
+    async def _stop_workers(self, names: list) -> None:
+        ids = {self.workers[n].job for n in names if n in self.workers}
+        await self._stop_jobs([self.jobs[i] for i in ids if i in self.jobs])
+
+    async def _submit(self, count: int) -> None:
+        if self._failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            bad = [j for j in self.jobs.values() if j.state in ENDED and not j.connected
+                   and not j.cancelled][-1:]  # fmt: skip
+            raise JobFailedError(
+                f"{self.name}: {self._failed_in_a_row} jobs in a row ended before their workers "
+                f"connected, so no more are submitted until you call scale() again. Last one: "
+                + "".join(j.describe() for j in bad))  # fmt: skip
+        results = await asyncio.gather(*(self.batch.submit(self._script, cwd=self._submit_dir)
+                                         for _ in range(count)), return_exceptions=True)  # fmt: skip
+        for job_id in results:
+            if isinstance(job_id, str):
+                self._add_job(job_id)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def _add_job(self, job_id: str) -> Job:
+        prefix = f"{self._opts['name']}-{job_id}"
+        names = [prefix] if self.processes == 1 else [f"{prefix}-{i}" for i in range(self.processes)]
+        job = self.jobs[job_id] = Job(job_id, names, time.time())
+        for name in names:
+            self.workers[name] = _Slot(job_id)
+        logger.info("%s: submitted job %s for workers %s", self.name, job_id, ", ".join(names))
+        return job
+
+    async def _stop_jobs(self, jobs: list[Job]) -> None:
+        """Hand the workers' data to others first, then cancel the jobs."""
+        addr = self._addresses()
+        leaving = [addr[n] for j in jobs for n in j.names if addr.get(n) in self.scheduler.state.workers]
+        if leaving and self.status == "running":
+            await self.scheduler._retire(leaving, close=False)
+        for job in jobs:
+            job.cancelled = True
+            for name in job.names:
+                self.workers.pop(name, None)
+        await self.batch.cancel([j.id for j in jobs if j.state not in ENDED])
+
+    # ------------------------------------------------------------ tracking
+
+    def _addresses(self) -> dict[str, str]:
+        """Worker name -> address, for the workers connected now."""
+        info = self.scheduler.worker_info if self.scheduler is not None else {}
+        return {w.get("name"): a for a, w in info.items() if w.get("name") is not None}
+
+    def _match_workers(self) -> None:
+        addr = self._addresses()
+        for name, slot in self.workers.items():
+            slot.address = addr.get(name)
+        for job in self.jobs.values():
+            new = {n for n in job.names if n in addr} - job.connected
+            if new:
+                job.connected |= new
+                self._failed_in_a_row = 0
+
+    async def _poll_loop(self) -> None:
+        interval = float(self._opts.get("poll_interval") or 1.0)
+        while self.status == "running":
+            try:
+                await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a flaky squeue must not stop tracking
+                logger.warning("%s: could not poll the batch system: %s", self.name, e)
+            await asyncio.sleep(interval)
+
+    async def _poll(self) -> None:
+        self._match_workers()
+        live = [j for j in self.jobs.values() if j.state not in ENDED]
+        statuses = await self.batch.status([j.id for j in live])
+        now = time.time()
+        for job in live:
+            st = statuses.get(job.id) or JobStatus("gone", "no longer in the queue")
+            if st.state == RUNNING and job.started is None:
+                job.started = now
+            job.raw, job.hopeless = st.raw, st.hopeless
+            job.reason = st.reason or job.reason
+            if st.state in ENDED:
+                await self._ended(job, st, now)
+            else:
+                job.state = st.state
+        waiting = [j.id for j in live if j.state == PENDING and now - j.submitted > 2]
+        if waiting and now - getattr(self, "_explained", 0) > 5:
+            self._explained = now
+            for job_id, why in (await self.batch.explain(waiting)).items():
+                self.jobs[job_id].reason = why
+        self._match_workers()
+        await self._replace_expiring(now)
+
+    async def _ended(self, job: Job, st: JobStatus, now: float) -> None:
+        job.state, job.ended = st.state, now
+        for name in job.names:
+            self.workers.pop(name, None)
+        if job.cancelled or job.connected:
+            return
+        if st.state == FAILED:  # e.g. SGE's Eqw stays in the queue: say why, then remove it
+            job.reason = (await self.batch.explain([job.id])).get(job.id) or job.reason
+            await self.batch.cancel([job.id])
+        for path in self.batch.output_files(job.id, self._ctx["job_name"],
+                                            self._opts.get("log_directory"), self._submit_dir):
+            job.output = tail(path)
+            if job.output:
+                break
+        self._failed_in_a_row += 1
+        logger.warning("%s: %s ended before its workers connected", self.name, job.describe())
+
+    async def _replace_expiring(self, now: float) -> None:
+        """Submit a new job when a running one nears its workers' lifetime, so that the
+        newcomers are there to receive the data the leavers hand over."""
+        life = self._lifetime
+        if not life or not self._opts.get("replace_expiring") or self.status != "running":
+            return
+        lead = max(1, (self._ctx["walltime_seconds"] or life) - life)
+        due = [j for j in self._active() if j.started and now >= j.started + life - lead]
+        if not due:
+            return
+        async with self._lock:
+            for job in due:
+                job.replaced = True
+                for name in job.names:
+                    self.workers.pop(name, None)
+            logger.info("%s: jobs %s near their walltime; submitting replacements", self.name,
+                        ", ".join(j.id for j in due))  # fmt: skip
+            await self._submit(len(due))
+
+    # ------------------------------------------------------------ waiting and reporting
+
+    def _hopeless_jobs(self, n: int) -> list[Job]:
+        """Jobs explaining why n workers cannot all arrive (empty if they still may)."""
+        addr = self._addresses()
+        coming = sum(1 for j in self.jobs.values()
+                     if j.state not in ENDED and not j.cancelled and not j.hopeless
+                     for name in j.names if name not in addr)  # fmt: skip
+        if len(self.scheduler.state.workers) + coming >= n:
+            return []
+        return [j for j in self.jobs.values()
+                if j.hopeless or (j.state in ENDED and not j.connected and not j.cancelled)]
+
+    async def _wait_for_workers(self, n: int, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.scheduler.state.workers) < n:
+            bad = self._hopeless_jobs(n)
+            if bad:
+                raise JobFailedError(f"{self.name}: {n} workers cannot arrive: "
+                                     + "\n".join(j.describe() for j in bad))  # fmt: skip
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.name}: only {len(self.scheduler.state.workers)} of {n} workers arrived "
+                    f"within {timeout}s. Jobs: " + ("; ".join(j.describe() for j in self.jobs.values())
+                                                   or "none submitted (call scale() first)"))
+            await asyncio.sleep(0.05)
+
+    def job_states(self) -> dict[str, str]:
+        """{job id: state} as last seen in the queue."""
+        return {j.id: j.state for j in self.jobs.values()}
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        counts: dict[str, int] = {}
+        for job in self.jobs.values():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        if not counts:
+            return text
+        return text[:-1] + ", jobs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+
+    # ------------------------------------------------------------ closing
+
+    async def _close(self) -> None:
+        if self.status in ("closed", "closing"):
+            return
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._adaptive is not None:
+            self._adaptive.stop()
+            self._adaptive = None
+        mine = [j for j in self.jobs.values() if j.state not in ENDED]
+        for job in mine:
+            job.cancelled = True
+        try:
+            await self.batch.cancel([j.id for j in mine])
+        except JobSubmissionError as e:
+            logger.warning("%s: could not cancel jobs: %s", self.name, e)
+        self.workers.clear()
+        await super()._close()
+        if self._secret_path is not None:
+            self._secret_path.unlink(missing_ok=True)
