@@ -1,0 +1,96 @@
+"""`hpcdask scheduler` and `hpcdask worker` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hpcdask import Client
+from hpcdask.testing.polling import wait_for
+
+PY = sys.executable
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def scheduler_proc(tmp_path):
+    port = _free_port()
+    sched_file = tmp_path / "scheduler.json"
+    proc = subprocess.Popen([PY, "-m", "hpcdask", "scheduler", "--host", "127.0.0.1",
+                             "--port", str(port), "--scheduler-file", str(sched_file)])  # fmt: skip
+    wait_for(sched_file.exists, timeout=30)
+    yield f"127.0.0.1:{port}", sched_file
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_scheduler_worker_client_flow(scheduler_proc):
+    address, sched_file = scheduler_proc
+    worker = subprocess.Popen([PY, "-m", "hpcdask", "worker", address, "--nworkers", "2",
+                               "--nthreads", "1", "--memory-limit", "1GB", "--name", "w"])  # fmt: skip
+    try:
+        with Client(address) as client:  # "host:port" means tcp://, secret found by address
+            client.wait_for_workers(2, timeout=30)
+            names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
+            assert names == ["w-0", "w-1"]
+            assert client.submit(lambda x: x * 2, 21).result() == 42
+        with Client(scheduler_file=str(sched_file)) as client:
+            assert sum(client.gather(client.map(abs, range(-3, 3)))) == 9
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+
+def test_worker_no_nanny_with_resources_and_scheduler_file(scheduler_proc):
+    address, sched_file = scheduler_proc
+    worker = subprocess.Popen([PY, "-m", "hpcdask", "worker", "--scheduler-file", str(sched_file),
+                               "--no-nanny", "--nthreads", "1", "--resources", "GPU=2"])  # fmt: skip
+    try:
+        with Client(address) as client:
+            client.wait_for_workers(1, timeout=30)
+            info = list(client.scheduler_info()["workers"].values())[0]
+            assert info["resources"] == {"GPU": 2.0}
+            assert client.submit(os.getpid, resources={"GPU": 1}, pure=False).result() == worker.pid
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "hpcdask", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_errors_are_clear():
+    r = _run("worker")
+    assert r.returncode != 0 and "ADDRESS or --scheduler-file" in r.stderr
+    r = _run("worker", "tcp://127.0.0.1:1", "--resources", "GPU")
+    assert r.returncode != 0 and "NAME=AMOUNT" in r.stderr
+    r = _run("scheduler", "--interface", "nosuchif0", "--port", "0")
+    assert r.returncode != 0 and "nosuchif0" in r.stderr and "lo" in r.stderr
+    r = _run("--help")
+    assert r.returncode == 0 and "scheduler" in r.stdout and "worker" in r.stdout
+
+
+def test_scheduler_on_interface_lo():
+    proc = subprocess.Popen([PY, "-m", "hpcdask", "scheduler", "--interface", "lo", "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = ""
+        while "Scheduler at" not in line:
+            line = proc.stderr.readline()
+            assert line, "scheduler exited early"
+        assert "tcp://127.0.0.1:" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

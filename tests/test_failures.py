@@ -1,0 +1,85 @@
+"""Workers that die: results stay correct, crashing tasks end as KilledWorker."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+from hpcdask import Client, KilledWorker, LocalCluster
+from hpcdask.testing.polling import wait_for
+
+
+def slow_square(x, path=None):
+    if path:
+        open(path, "a").write(f"{os.getpid()}\n")
+    time.sleep(0.5)
+    return x * x
+
+
+def crash(x):
+    os._exit(1)
+
+
+def hog(n):
+    blocks = []
+    for _ in range(n):
+        blocks.append(bytearray(50 * 2**20))
+        time.sleep(0.01)
+    return len(blocks)
+
+
+@pytest.fixture
+def fresh():
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="2GB") as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        yield cluster, client
+
+
+def test_kill_worker_mid_task_results_still_correct(fresh, tmp_path):
+    cluster, client = fresh
+    log = tmp_path / "started"
+    futures = client.map(slow_square, range(8), path=str(log), pure=False)
+    wait_for(lambda: log.exists() and log.read_text().strip())
+    victim = int(log.read_text().split()[0])
+    psutil.Process(victim).kill()
+    assert client.gather(futures) == [x * x for x in range(8)]
+    # the nanny brought a replacement worker
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_lost_results_are_recomputed(fresh):
+    cluster, client = fresh
+    x = client.submit(slow_square, 3, pure=False)
+    assert x.result() == 9
+    [holder] = client.who_has([x])[x.key]
+    psutil.Process(client.scheduler_info()["workers"][holder]["pid"]).kill()
+    wait_for(lambda: holder not in cluster.scheduler.state.workers)
+    y = client.submit(lambda v: v + 1, x)
+    assert y.result(timeout=30) == 10
+    assert x.result(timeout=30) == 9
+
+
+def test_task_that_kills_its_worker_three_times_is_killed_worker(fresh):
+    cluster, client = fresh
+    f = client.submit(crash, 1)
+    with pytest.raises(KilledWorker, match="3 workers that all died") as info:
+        f.result(timeout=60)
+    assert info.value.key == f.key
+    story = cluster.scheduler.state.story(f.key)
+    assert story[-1][2] == "erred"
+    # the cluster is still usable
+    assert client.submit(slow_square, 2).result() == 4
+
+
+def test_nanny_restarts_worker_over_memory_limit():
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="300MB") as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        f = client.submit(hog, 40, pure=False)
+        with pytest.raises(KilledWorker):
+            f.result(timeout=90)
+        events = [text for _, topic, text in cluster.scheduler.events if "memory limit" in text]
+        assert events and "exceeded 95% of its memory limit" in events[0]
+        assert client.submit(slow_square, 3).result() == 9
