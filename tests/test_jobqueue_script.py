@@ -113,12 +113,12 @@ def test_skip_removes_generated_lines_only():
 
 
 def test_lifetime_derived_from_walltime_and_overridable():
-    assert js.lifetime_for(1800, {}) == (1620, 45)  # 10 % margin, stagger a quarter of it
-    assert js.lifetime_for(60, {}) == (50, 2)  # at least 10 s margin
-    assert js.lifetime_for(86400, {}) == (86100, 75)  # at most 5 min
-    assert js.lifetime_for(3600, {"lifetime_margin": 600}) == (3000, 150)
-    assert js.lifetime_for(3600, {"lifetime": 100, "lifetime_stagger": 5}) == (100, 5)
-    assert js.lifetime_for(3600, {"lifetime": 0}) == (None, 0)  # switched off
+    assert js.lifetime_for(1800, {}) == (1620, 45, 180)  # 10 % margin, stagger a quarter of it
+    assert js.lifetime_for(60, {}) == (50, 2, 10)  # at least 10 s margin
+    assert js.lifetime_for(86400, {}) == (86100, 75, 300)  # at most 5 min
+    assert js.lifetime_for(3600, {"lifetime_margin": 600}) == (3000, 150, 600)
+    assert js.lifetime_for(3600, {"lifetime": 100, "lifetime_stagger": 5}) == (100, 5, 300)
+    assert js.lifetime_for(3600, {"lifetime": 0}) == (None, 0, 300)  # switched off
     text = js.job_script("slurm", cores=1, memory="1GB", lifetime=0)
     assert "--lifetime" not in text
 

@@ -302,7 +302,7 @@ class JobQueueCluster(Cluster):
         life = self._lifetime
         if not life or not self._opts.get("replace_expiring") or self.status != "running":
             return
-        lead = max(1, (self._ctx["walltime_seconds"] or life) - life)
+        lead = self._ctx["lifetime_margin"]
         due = [j for j in self._active() if j.started and now >= j.started + life - lead]
         if not due:
             return

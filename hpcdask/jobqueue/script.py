@@ -121,18 +121,21 @@ def options(system: str, site: str | None = None, **kwargs: Any) -> dict:
     return opts
 
 
-def lifetime_for(walltime_s: int | None, opts: dict) -> tuple[int | None, int]:
-    """(lifetime, stagger) in seconds: leave a margin before walltime to hand data over."""
+def lifetime_for(walltime_s: int | None, opts: dict) -> tuple[int | None, int, int]:
+    """(lifetime, stagger, margin) in seconds. Workers leave *margin* before walltime (time to
+    hand their data over) and replacements are submitted *margin* before workers leave."""
+    margin = opts.get("lifetime_margin")
+    if margin is None:
+        margin = min(300, max(10, (walltime_s or 0) // 10))
+    margin = int(margin)
     if opts.get("lifetime") is not None:
         life = int(opts["lifetime"])
-        return (life or None), int(opts.get("lifetime_stagger") or 0)
+        return (life or None), int(opts.get("lifetime_stagger") or 0), margin
     if not walltime_s:
-        return None, 0
-    margin = opts.get("lifetime_margin")
-    margin = int(margin if margin is not None else min(300, max(10, walltime_s // 10)))
+        return None, 0, margin
     stagger = opts.get("lifetime_stagger")
     stagger = int(stagger if stagger is not None else margin // 4)
-    return max(1, walltime_s - margin), stagger
+    return max(1, walltime_s - margin), stagger, margin
 
 
 def context(system: str, opts: dict, scheduler_address: str | None = None,
@@ -148,7 +151,7 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
     if processes > cores:
         raise ValueError(f"processes={processes} is more than cores={cores}")
     walltime_s = parse_walltime(opts.get("walltime"))
-    lifetime, stagger = lifetime_for(walltime_s, opts)
+    lifetime, stagger, margin = lifetime_for(walltime_s, opts)
     ctx = dict(opts)
     ctx.update(
         system=system, cores=cores, memory=str(memory), memory_bytes=nbytes, processes=processes,
@@ -157,7 +160,7 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
         walltime=format_walltime(walltime_s) if walltime_s else None,
         job_mem=opts.get("job_mem") or job_mem(system, str(memory), nbytes),
         job_name=opts.get("job_name") or opts["name"], python=opts.get("python") or sys.executable,
-        lifetime=lifetime, lifetime_stagger=stagger,
+        lifetime=lifetime, lifetime_stagger=stagger, lifetime_margin=margin,
         scheduler_address=scheduler_address or PLACEHOLDER_ADDRESS, secret_file=secret_file,
         worker_name=f"{opts['name']}-{JOB_ID_VARS.get(system, '$$')}",
     )  # fmt: skip
