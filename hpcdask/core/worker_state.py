@@ -123,9 +123,13 @@ class WTask:
 
 
 class WorkerState:
-    def __init__(self, address: str, nthreads: int = 1, resources: dict | None = None) -> None:
+    def __init__(self, address: str, nthreads: int = 1, resources: dict | None = None,
+                 prefetch: int = 0) -> None:  # fmt: skip
         self.address = address
         self.nthreads = nthreads
+        # Tasks handed to the executor beyond nthreads, so that threads never wait for the
+        # event loop between short tasks; the executor still runs only nthreads at a time.
+        self.prefetch = prefetch
         self.total_resources = dict(resources or {})
         self.available_resources = dict(resources or {})
         self.tasks: dict[str, WTask] = {}
@@ -365,7 +369,7 @@ class WorkerState:
                 self.available_resources[name] = self.available_resources.get(name, 0) + amount
 
     def _ensure_computing(self) -> None:
-        while len(self.executing) < self.nthreads:
+        while len(self.executing) < self.nthreads + self.prefetch:
             ts = self._next_runnable()
             if ts is None:
                 return

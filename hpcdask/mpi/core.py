@@ -101,14 +101,27 @@ def send_close_signal() -> None:
     contact, _contact = _contact, None
     if contact is None:
         return
+    _close_default_client()
     get_loop_thread().run_sync(shutdown_cluster(contact.address, contact.security), timeout=30)
+
+
+def _close_default_client() -> None:
+    """Close the script's own client first, so it leaves instead of "losing" the scheduler."""
+    from hpcdask.client import default_client
+
+    try:
+        client = default_client()
+        if not client.asynchronous:
+            client.close()
+    except Exception as exc:  # none running, or the cluster is going away anyway
+        logger.debug("not closing a default client: %r", exc)
 
 
 def _publish(contact: Contact) -> None:
     """Let `Client()` without arguments, in this process only, find and join the cluster."""
     from hpcdask import config
 
-    config.set({"scheduler-address": contact.address, "secret": contact.secret})
+    config.set({"scheduler-address": contact.address, "secret": contact.secret.hex()})
 
 
 def _wait_for_workers(contact: Contact, n: int, timeout: float) -> None:

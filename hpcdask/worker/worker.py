@@ -11,11 +11,12 @@ import asyncio
 import contextvars
 import logging
 import os
+import queue
 import random
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import Any
 
 import psutil
@@ -113,7 +114,12 @@ class Worker(Server):
         self._initial_plugins = list(plugins or [])
         self.state: ws.WorkerState | None = None
         self.pool = ConnectionPool(security=security)
-        self.executor = ThreadPoolExecutor(self.nthreads, thread_name_prefix="hpcdask-task")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: deque = deque()
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
+        self._threads: list[threading.Thread] = []
+        self._avg_duration = 0.01
         self.logs = LogBuffer.attach("hpcdask")
         self.stream: BatchedSend | None = None
         self.status = "created"
@@ -153,6 +159,10 @@ class Worker(Server):
         listener = await self.listen(self.listen_address)
         self.address = listener.contact_address
         self.state = ws.WorkerState(self.address, self.nthreads, self.resources)
+        for i in range(self.nthreads):
+            t = threading.Thread(target=self._thread_main, name=f"hpcdask-task-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
         timeout = self.death_timeout or float(config.get("comm.timeouts.connect", 30))
         try:
             from ..comm import connect
@@ -168,7 +178,7 @@ class Worker(Server):
             response = await comm.recv()
         except BaseException:
             await self.stop_serving()
-            self.executor.shutdown(wait=False)
+            self._stop_threads()
             raise
         if response.get("status") != "OK":
             comm.abort()
@@ -212,7 +222,7 @@ class Worker(Server):
                 self.stream.abort()
         await self.stop_serving()
         await self.pool.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_threads()
         if self in _process_workers:
             _process_workers.remove(self)
         self.status = "closed"
@@ -223,6 +233,10 @@ class Worker(Server):
     async def finished(self) -> None:
         if self._finished is not None:
             await self._finished.wait()
+
+    def _stop_threads(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
 
     # ------------------------------------------------------------ scheduler stream
 
@@ -262,6 +276,7 @@ class Worker(Server):
 
     def _handle(self, *events: Any) -> None:
         state = self.state
+        self._tune_prefetch()
         for ins in state.handle(*events):
             kind = type(ins)
             if kind is ws.Execute:
@@ -284,9 +299,40 @@ class Worker(Server):
     # ------------------------------------------------------------ running tasks
 
     def _execute(self, ts: ws.WTask) -> None:
-        func = self._load_function(ts.func)
-        fut = self._loop.run_in_executor(self.executor, self._run_task, ts.key, func, ts.args)
-        fut.add_done_callback(self._task_done)
+        self._queue.put((ts.key, self._load_function(ts.func), ts.args))
+
+    def _thread_main(self) -> None:
+        """A task thread: run queued tasks back to back, post results in batches."""
+        _thread_state.worker = self
+        get, results, tasks = self._queue.get, self._results, self.state.tasks
+        while True:
+            item = get()
+            if item is None:
+                return
+            key, func, args = item
+            ts = tasks.get(key)
+            if ts is None or ts.state == "cancelled":  # freed while it waited in the queue
+                results.append((key, False, None, None, 0.0))
+            else:
+                results.append(self._run_task(key, func, args))
+            with self._wake_lock:
+                if self._wake_pending:
+                    continue
+                self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_results)
+            except RuntimeError:  # the loop closed under us: the worker is gone
+                return
+
+    def _drain_results(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False
+        results = self._results
+        events = []
+        while results:
+            events.append(self._result_event(*results.popleft()))
+        if events and self.status == "running":
+            self._handle(*events)
 
     def _load_function(self, fid: Any) -> Any:
         func = self.funcs.get(fid)
@@ -298,7 +344,6 @@ class Worker(Server):
         return func
 
     def _run_task(self, key: str, func: Any, args: Any) -> tuple:
-        _thread_state.worker = self
         _thread_state.key = key
         start = time.perf_counter()
         try:
@@ -308,28 +353,35 @@ class Worker(Server):
             return key, False, e, traceback.format_exc(), time.perf_counter() - start
         return key, True, result, None, time.perf_counter() - start
 
-    def _task_done(self, fut: asyncio.Future) -> None:
-        if fut.cancelled() or self.status != "running":
-            return
-        key, ok, value, tb, duration = fut.result()
+    def _result_event(self, key: str, ok: bool, value: Any, tb: Any, duration: float) -> Any:
         if ok:
             self.data[key] = value
-            event: Any = ws.ExecuteSuccess(key, sizeof(value), type(value).__name__, duration)
-        else:
-            logger.warning("Task %r raised %s: %s", key, type(value).__name__, value)
-            try:
-                exc = Pickled.dumps(value)
-            except Exception:
-                exc = Pickled.dumps(RuntimeError(f"{type(value).__name__}: {value}"))
-            event = ws.ExecuteFailure(key, exc, tb, f"{type(value).__name__}: {value}")
-        self._handle(event)
+            self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration
+            self._notify_plugins(key, "memory")
+            return ws.ExecuteSuccess(key, sizeof(value), type(value).__name__, duration)
+        if value is None and tb is None:  # skipped: cancelled before it started
+            return ws.ExecuteFailure(key, None, None, "cancelled")
+        logger.warning("Task %r raised %s: %s", key, type(value).__name__, value)
+        try:
+            exc = Pickled.dumps(value)
+        except Exception:
+            exc = Pickled.dumps(RuntimeError(f"{type(value).__name__}: {value}"))
+        self._notify_plugins(key, "error")
+        return ws.ExecuteFailure(key, exc, tb, f"{type(value).__name__}: {value}")
+
+    def _notify_plugins(self, key: str, finish: str) -> None:
         for plugin in self.plugins.values():
             hook = getattr(plugin, "transition", None)
             if hook is not None:
                 try:
-                    hook(key, "executing", "memory" if ok else "error")
+                    hook(key, "executing", finish)
                 except Exception:
                     logger.exception("worker plugin failed in transition")
+
+    def _tune_prefetch(self) -> None:
+        """Queue about 2 ms of work per thread ahead, and none for long tasks."""
+        per_thread = int(0.002 / max(self._avg_duration, 1e-6))
+        self.state.prefetch = self.nthreads * max(0, min(64, per_thread))
 
     # ------------------------------------------------------------ data transfer
 
