@@ -173,6 +173,11 @@ class Client:
             self.security = self.cluster.security
         elif self.cluster is not None and getattr(self.cluster, "status", "running") != "running":
             await self.cluster
+        connect_to = self.scheduler_address
+        sched = getattr(self.cluster, "scheduler", None)
+        if sched is not None and getattr(sched, "inproc_address", None) and \
+                getattr(self.cluster, "loop", None) is self.loop:  # fmt: skip
+            connect_to = sched.inproc_address  # same process, same loop: no sockets needed
         if self.security is None or not self.security.secret:
             security = self.security or Security()
             try:
@@ -182,7 +187,7 @@ class Client:
                 raise
             self.security = security
         self.pool = ConnectionPool(security=self.security, timeout=self.timeout)
-        comm = await connect(self.scheduler_address, security=self.security, timeout=self.timeout)
+        comm = await connect(connect_to, security=self.security, timeout=self.timeout)
         await comm.send({"op": "register-client", "client": self.id})
         reply = await comm.recv()
         if reply.get("status") != "OK":
@@ -202,7 +207,7 @@ class Client:
                     if st is None:
                         continue
                     if op == "key-in-memory":
-                        st.finish(msg.get("type", ""), msg.get("workers"))
+                        st.finish(msg.get("type", ""), msg.get("workers"), msg.get("data"))
                     elif op == "task-erred":
                         st.fail(msg.get("exception"), msg.get("traceback"), msg.get("text", ""))
                     elif op == "cancelled":
@@ -411,6 +416,9 @@ class Client:
                         raise st.error_to_raise()
                     out[f.key] = _SKIP
                 elif st.status == "finished":
+                    if st.data is not None:
+                        out[f.key] = st.data.loads()
+                        continue
                     if not st.workers:
                         st.workers = (await self.pool.call(self.scheduler_address, "who-has",
                                                            keys=[f.key]))[f.key]  # fmt: skip

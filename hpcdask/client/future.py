@@ -31,7 +31,7 @@ class RemoteTraceback(Exception):
 
 class FutureState:
     __slots__ = ("key", "status", "exception", "traceback", "text", "type", "workers",
-                 "reason", "_tev", "_aev", "_callbacks")  # fmt: skip
+                 "reason", "data", "_tev", "_aev", "_callbacks")  # fmt: skip
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -42,6 +42,7 @@ class FutureState:
         self.type = ""
         self.workers: list[str] = []
         self.reason = ""
+        self.data: Any = None  # a small result sent along with the report, still pickled
         self._tev: threading.Event | None = None
         self._aev: asyncio.Event | None = None
         self._callbacks: list | None = None
@@ -49,9 +50,10 @@ class FutureState:
     def done(self) -> bool:
         return self.status != "pending"
 
-    def finish(self, typename: str = "", workers: list | None = None) -> None:
+    def finish(self, typename: str = "", workers: list | None = None, data: Any = None) -> None:
         self.type = typename
         self.workers = list(workers or ())
+        self.data = data
         self._set("finished")
 
     def fail(self, exception: Any, traceback: Any, text: str) -> None:
@@ -66,6 +68,7 @@ class FutureState:
         """The data was lost; it is being recomputed."""
         self.status = "pending"
         self.workers = []
+        self.data = None
         if self._tev is not None:
             self._tev.clear()
         if self._aev is not None:

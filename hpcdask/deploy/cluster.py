@@ -87,7 +87,7 @@ class Cluster:
         self.loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self.status = "starting"
-        self.scheduler = Scheduler(security=self.security, **self.scheduler_options)
+        self.scheduler = Scheduler(security=self.security, inproc=True, **self.scheduler_options)
         await self.scheduler.start()
         self.status = "running"
         await self._post_start()

@@ -22,13 +22,15 @@ from ..deploy.cluster import Cluster
 from ..utils.sizes import parse_bytes
 from . import script
 from .batch import (
+    CANCELLED,
     ENDED,
     FAILED,
+    GONE,
     PENDING,
     RUNNING,
     BatchSystem,
-    JobFailedError,
-    JobStatus,  # fmt: skip
+    JobFailedError,  # fmt: skip
+    JobStatus,
     JobSubmissionError,
     tail,
 )
@@ -280,21 +282,25 @@ class JobQueueCluster(Cluster):
         await self._replace_expiring(now)
 
     async def _ended(self, job: Job, st: JobStatus, now: float) -> None:
-        job.state, job.ended = st.state, now
+        """Record how a job ended; one that never had a worker connect is a failure to explain.
+        The state is set last, so that a waiter never sees the failure without its reason."""
         for name in job.names:
             self.workers.pop(name, None)
-        if job.cancelled or job.connected:
-            return
-        if st.state == FAILED:  # e.g. SGE's Eqw stays in the queue: say why, then remove it
-            job.reason = (await self.batch.explain([job.id])).get(job.id) or job.reason
-            await self.batch.cancel([job.id])
-        for path in self.batch.output_files(job.id, self._ctx["job_name"],
-                                            self._opts.get("log_directory"), self._submit_dir):
-            job.output = tail(path)
-            if job.output:
-                break
-        self._failed_in_a_row += 1
-        logger.warning("%s: %s ended before its workers connected", self.name, job.describe())
+        if not job.cancelled and not job.connected:
+            if st.state == FAILED:  # e.g. SGE's Eqw stays in the queue: say why, then remove it
+                job.reason = (await self.batch.explain([job.id])).get(job.id) or job.reason
+                await self.batch.cancel([job.id])
+            for path in self.batch.output_files(job.id, self._ctx["job_name"],
+                                                self._opts.get("log_directory"), self._submit_dir):
+                job.output = tail(path)
+                if job.output:
+                    break
+            self._failed_in_a_row += 1
+        # a job we cancelled may look failed (SGE: killed) or gone (SLURM: aged out)
+        job.ended = now
+        job.state = CANCELLED if job.cancelled and st.state in (FAILED, GONE) else st.state
+        if not job.cancelled and not job.connected:
+            logger.warning("%s: %s ended before its workers connected", self.name, job.describe())
 
     async def _replace_expiring(self, now: float) -> None:
         """Submit a new job when a running one nears its workers' lifetime, so that the

@@ -41,6 +41,7 @@ class Scheduler(Server):
         security: Security | None = None,
         scheduler_file: str | None = None,
         killed_worker_limit: int | None = None,
+        inproc: bool = False,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -57,6 +58,9 @@ class Scheduler(Server):
         limit = killed_worker_limit or int(config.get("scheduler.killed-worker-limit", 3))
         self.state = SchedulerState(killed_worker_limit=limit)
         self.address = ""
+        self.inproc_address: str | None = None
+        self._want_inproc = inproc and not self.listen_address.startswith("inproc")
+        self._inline: dict[str, Any] = {}
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict] = {}
@@ -111,6 +115,8 @@ class Scheduler(Server):
         self._finished = asyncio.Event()
         listener = await self.listen(self.listen_address)
         self.address = listener.contact_address
+        if self._want_inproc:  # clients in this process skip the network stack
+            self.inproc_address = (await self.listen("inproc://")).contact_address
         save_secret(self.address, self.security.secret)
         if self.scheduler_file:
             _write_private(self.scheduler_file, json.dumps({
@@ -171,6 +177,7 @@ class Scheduler(Server):
         """Feed events to the state machine and carry out what it decides."""
         send_worker = self.worker_streams.get
         send_client = self.client_streams.get
+        inline, self._inline = self._inline, {}
         for ins in self.state.handle(*events):
             kind = type(ins)
             if kind is ev.Compute:
@@ -191,7 +198,9 @@ class Scheduler(Server):
                 bs = send_client(ins.client)
                 if bs is not None and not bs.closed():
                     msg = ins.msg
-                    if isinstance(msg.get("exception"), BaseException):
+                    if inline and msg["op"] == "key-in-memory" and msg["key"] in inline:
+                        msg = {**msg, "data": inline[msg["key"]]}
+                    elif isinstance(msg.get("exception"), BaseException):
                         msg = {**msg, "exception": Pickled.dumps(msg["exception"])}
                     bs.send(msg)
         for plugin in self.plugins.values():
@@ -255,8 +264,10 @@ class Scheduler(Server):
     def _worker_batch(self, addr: str, batch: list) -> None:
         events = []
         for msg in batch:
-            if type(msg) is list:  # ["tf", key, nbytes, type, duration]: the hot path
+            if type(msg) is list:  # ["tf", key, nbytes, type, duration, small result]: hot path
                 events.append(ev.TaskFinished(addr, msg[1], msg[2], msg[3], msg[4]))
+                if msg[5] is not None:  # passed on to clients that want it, never kept
+                    self._inline[msg[1]] = msg[5]
                 continue
             op = msg["op"]
             if op == "task-erred":

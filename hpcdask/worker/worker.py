@@ -39,6 +39,8 @@ _current_worker: contextvars.ContextVar[Worker | None] = contextvars.ContextVar(
 _thread_state = threading.local()
 _process_workers: list[Worker] = []
 
+INLINE_RESULT_BYTES = 1024
+_INLINE_TYPES = {int, float, bool, str, bytes, type(None), complex, tuple, list, dict}
 EXIT_RESTART = 17  # asks the nanny to start a new worker
 EXIT_SCHEDULER_GONE = 18  # tells the nanny not to bother
 
@@ -120,6 +122,7 @@ class Worker(Server):
         self._wake_pending = False
         self._threads: list[threading.Thread] = []
         self._avg_duration = 0.01
+        self._inline: dict[str, Pickled] = {}
         self.logs = LogBuffer.attach("hpcdask")
         self.stream: BatchedSend | None = None
         self.status = "created"
@@ -284,13 +287,15 @@ class Worker(Server):
             elif kind is ws.SendToScheduler:
                 msg = ins.msg
                 if msg["op"] == "task-finished":
-                    msg = ["tf", msg["key"], msg["nbytes"], msg["type"], msg["duration"]]
+                    msg = ["tf", msg["key"], msg["nbytes"], msg["type"], msg["duration"],
+                           self._inline.pop(msg["key"], None)]  # fmt: skip
                 self._send(msg)
             elif kind is ws.GatherDep:
                 self.spawn(self._gather_dep(ins.worker, ins.keys))
             elif kind is ws.DropData:
                 for key in ins.keys:
                     self.data.pop(key, None)
+                    self._inline.pop(key, None)
 
     def _send(self, msg: Any) -> None:
         if self.stream is not None and not self.stream.closed():
@@ -357,8 +362,13 @@ class Worker(Server):
         if ok:
             self.data[key] = value
             self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration
-            self._notify_plugins(key, "memory")
-            return ws.ExecuteSuccess(key, sizeof(value), type(value).__name__, duration)
+            if self.plugins:
+                self._notify_plugins(key, "memory")
+            nbytes = sizeof(value)
+            if nbytes <= INLINE_RESULT_BYTES and type(value) in _INLINE_TYPES:
+                # Small results ride along with the report, saving the client a round trip.
+                self._inline[key] = Pickled.dumps(value)
+            return ws.ExecuteSuccess(key, nbytes, type(value).__name__, duration)
         if value is None and tb is None:  # skipped: cancelled before it started
             return ws.ExecuteFailure(key, None, None, "cancelled")
         logger.warning("Task %r raised %s: %s", key, type(value).__name__, value)
