@@ -44,16 +44,51 @@ from .scheduler_events import (
 FIRE_AND_FORGET = "fire-and-forget"
 
 
+class _Rare:
+    """A TaskState attribute that few tasks set, kept in a dict created on first use."""
+
+    __slots__ = ("name", "default")
+
+    def __init__(self, default: Any = None) -> None:
+        self.default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ts: Any, owner: type | None = None) -> Any:
+        if ts is None:
+            return self
+        extra = ts._extra
+        return self.default if extra is None else extra.get(self.name, self.default)
+
+    def __set__(self, ts: Any, value: Any) -> None:
+        extra = ts._extra
+        if extra is None:
+            if value == self.default and type(value) is type(self.default):
+                return
+            extra = ts._extra = {}
+        extra[self.name] = value
+
+
 class TaskState:
-    """One task; `__slots__` and None for empty collections keep a pending task small."""
+    """One task; `__slots__`, None for empty collections and a side dict for rarely set
+    fields keep a pending task small (the scheduler must hold millions)."""
 
     __slots__ = (
         "key", "state", "func", "args", "priority", "dependencies", "dependents",
-        "waiting_on", "waiters", "who_has", "processing_on", "who_wants", "nbytes",
-        "retries", "suspicious", "exception", "traceback", "exception_text",
-        "exception_blame", "worker_restrictions", "loose_restrictions", "resources",
-        "typename",
+        "waiting_on", "waiters", "who_has", "processing_on", "_wants", "nbytes", "_extra",
     )  # fmt: skip
+
+    retries = _Rare(0)
+    suspicious = _Rare(0)
+    exception = _Rare(None)
+    traceback = _Rare(None)
+    exception_text = _Rare("")
+    exception_blame = _Rare(None)
+    worker_restrictions = _Rare(None)
+    loose_restrictions = _Rare(False)
+    resources = _Rare(None)
+    typename = _Rare("")
 
     def __init__(self, key: str, func: Any = None, args: Any = None, priority: int = 0) -> None:
         self.key = key
@@ -67,18 +102,15 @@ class TaskState:
         self.waiters: set[TaskState] | None = None
         self.who_has: set[WorkerState] | None = None
         self.processing_on: WorkerState | None = None
-        self.who_wants: set[str] | None = None
+        # Clients holding futures: None, one client id (the usual case), or a set of them.
+        # A set per pending task would be a third of its memory.
+        self._wants: str | set[str] | None = None
         self.nbytes = 0
-        self.retries = 0
-        self.suspicious = 0
-        self.exception: Any = None
-        self.traceback: Any = None
-        self.exception_text = ""
-        self.exception_blame: TaskState | None = None
-        self.worker_restrictions: set[str] | None = None
-        self.loose_restrictions = False
-        self.resources: dict | None = None
-        self.typename = ""
+        self._extra: dict | None = None
+
+    @property
+    def who_wants(self) -> set[str]:
+        return set(_clients(self))
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -131,7 +163,7 @@ class SchedulerState:
         self.workers: dict[str, WorkerState] = {}
         self.aliases: dict[str, str] = {}
         self.clients: dict[str, ClientState] = {FIRE_AND_FORGET: ClientState(FIRE_AND_FORGET)}
-        self.queued: list[tuple[int, int, TaskState]] = []
+        self.queued: list[tuple[int, TaskState]] = []  # priorities are unique: no ties
         self.unrunnable: set[TaskState] = set()
         self.idle: set[WorkerState] = set()
         self.durations: dict[Any, float] = {}
@@ -239,7 +271,7 @@ class SchedulerState:
         self.log.append((ts.key, start, ts.state, self._stim, time.time()))
 
     def _needed(self, ts: TaskState) -> bool:
-        return bool(ts.who_wants or ts.waiters)
+        return bool(ts._wants or ts.waiters)
 
     def _released_waiting(self, ts: TaskState) -> None:
         ts.state = "waiting"
@@ -269,7 +301,7 @@ class SchedulerState:
             ws = min(self.idle, key=_load, default=None)
             if ws is None:
                 ts.state = "queued"
-                heapq.heappush(self.queued, (ts.priority, self._next_seq(), ts))
+                heapq.heappush(self.queued, (ts.priority, ts))
                 return
         else:
             ws = placement.decide_worker(ts, self.workers, self.idle)
@@ -333,8 +365,8 @@ class SchedulerState:
         self._after_release(ts)
 
     def _memory_released(self, ts: TaskState) -> None:
-        if ts.who_wants:  # released while wanted: its data was lost and will be recomputed
-            for client in ts.who_wants:
+        if ts._wants:  # released while wanted: its data was lost and will be recomputed
+            for client in _clients(ts):
                 self._out.append(ReportToClient(client, {"op": "lost", "key": ts.key}))
         for ws in ts.who_has or ():
             ws.has_what.discard(ts)
@@ -365,15 +397,15 @@ class SchedulerState:
                 dts.dependents.discard(ts)
             if dts.waiters is not None:
                 dts.waiters.discard(ts)
-            if not dts.dependents and not dts.who_wants:
+            if not dts.dependents and not dts._wants:
                 self._rec(dts, "forgotten")
             elif dts.state == "memory" and not self._needed(dts):
                 self._rec(dts, "released")
-        for client in ts.who_wants or ():
+        for client in _clients(ts):
             cs = self.clients.get(client)
             if cs is not None:
                 cs.wants_what.discard(ts)
-        ts.who_wants = None
+        ts._wants = None
 
     def _drop_from_dependencies(self, ts: TaskState) -> None:
         """`ts` no longer needs its inputs' data; free inputs that nobody else needs."""
@@ -416,18 +448,19 @@ class SchedulerState:
                 if not waiting_on:
                     self._rec(dts, "processing")
         self._drop_from_dependencies(ts)
-        if ts.who_wants:
+        if ts._wants:
             msg = {"op": "key-in-memory", "key": ts.key, "type": ts.typename,
                    "workers": [ws.address]}  # fmt: skip
-            for client in ts.who_wants:
+            clients = _clients(ts)
+            for client in clients:
                 self._out.append(ReportToClient(client, msg))
-            if FIRE_AND_FORGET in ts.who_wants:
+            if FIRE_AND_FORGET in clients:
                 self._unwant(ts, FIRE_AND_FORGET)
         if not self._needed(ts):
             self._rec(ts, "forgotten" if not ts.dependents else "released")
 
     def _report_erred(self, ts: TaskState) -> None:
-        if not ts.who_wants:
+        if not ts._wants:
             return
         blame = ts.exception_blame or ts
         msg = {
@@ -438,7 +471,7 @@ class SchedulerState:
             "text": blame.exception_text,
             "blame": blame.key,
         }
-        for client in ts.who_wants:
+        for client in _clients(ts):
             self._out.append(ReportToClient(client, msg))
 
     def _cap(self, ws: WorkerState) -> int:
@@ -458,7 +491,7 @@ class SchedulerState:
             return
         cap = self._cap(ws)
         while queued and len(ws.processing) < cap:
-            ts = heapq.heappop(queued)[2]
+            ts = heapq.heappop(queued)[1]
             if ts.state == "queued":
                 self._transition_to_worker(ts, ws)
 
@@ -477,10 +510,17 @@ class SchedulerState:
         return self.seq
 
     def _unwant(self, ts: TaskState, client: str) -> None:
-        if ts.who_wants is not None:
-            ts.who_wants.discard(client)
-            if not ts.who_wants:
-                ts.who_wants = None
+        w = ts._wants
+        if w is not None:
+            if type(w) is str:
+                if w == client:
+                    ts._wants = None
+            else:
+                w.discard(client)
+                if len(w) == 1:
+                    ts._wants = next(iter(w))
+                elif not w:
+                    ts._wants = None
         cs = self.clients.get(client)
         if cs is not None:
             cs.wants_what.discard(ts)
@@ -489,10 +529,14 @@ class SchedulerState:
         cs = self.clients.get(client)
         if cs is None:
             cs = self.clients[client] = ClientState(client)
-        if ts.who_wants is None:
-            ts.who_wants = {client}
+        w = ts._wants
+        if w is None:
+            ts._wants = client
+        elif type(w) is str:
+            if w != client:
+                ts._wants = {w, client}
         else:
-            ts.who_wants.add(client)
+            w.add(client)
         cs.wants_what.add(ts)
 
     # ------------------------------------------------------------ event handlers
@@ -593,7 +637,7 @@ class SchedulerState:
             stack.extend(ts.dependents or ())
         for ts in reversed(order):
             msg = {"op": "cancelled", "key": ts.key, "reason": ev.reason}
-            for client in list(ts.who_wants or ()):
+            for client in _clients(ts):
                 if client != FIRE_AND_FORGET:
                     self._out.append(ReportToClient(client, msg))
                 self._unwant(ts, client)
@@ -788,3 +832,10 @@ class SchedulerState:
 
 def _load(ws: WorkerState) -> float:
     return ws.occupancy / ws.nthreads
+
+
+def _clients(ts: TaskState) -> tuple:
+    w = ts._wants
+    if w is None:
+        return ()
+    return (w,) if type(w) is str else tuple(w)

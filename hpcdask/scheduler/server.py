@@ -472,7 +472,7 @@ class Scheduler(Server):
             plan: dict[str, dict[str, list[str]]] = {}
             for ws in retiring:
                 for ts in ws.has_what:
-                    if ts.who_has and ts.who_has <= retiring and (ts.who_wants or ts.waiters):
+                    if ts.who_has and ts.who_has <= retiring and (ts._wants or ts.waiters):
                         dest = min(keep, key=lambda w: w.nbytes)
                         plan.setdefault(dest.address, {})[ts.key] = [w.address for w in ts.who_has]
             if not plan:
