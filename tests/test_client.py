@@ -20,7 +20,6 @@ from hpcdask import (
     get_worker,
     wait,
 )
-
 from hpcdask.testing.polling import wait_for
 
 

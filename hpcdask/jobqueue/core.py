@@ -58,6 +58,10 @@ class Job:
     def describe(self) -> str:
         why = f": {self.reason}" if self.reason else ""
         text = f"job {self.id} ({self.state}{why})"
+        if self.hopeless:
+            text = f"job {self.id} cannot start ({self.state}{why})"
+        elif self.ended and not self.connected and not self.cancelled:
+            text = f"job {self.id} ended before its workers connected ({self.state}{why})"
         if self.output:
             text += "; last lines of its output:\n    " + self.output.replace("\n", "\n    ")
         return text
