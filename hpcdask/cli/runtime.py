@@ -112,6 +112,12 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
             return None
         return name if n == 1 else f"{name}-{i}"
 
+    from ..worker.nanny import decode_security_from_env
+
+    security = decode_security_from_env()
+    if security is not None:
+        kwargs["security"] = security
+
     async def main() -> int:
         if nanny:
             from ..worker import Nanny

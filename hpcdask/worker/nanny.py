@@ -120,6 +120,7 @@ class Nanny:
         env = {**os.environ, **self.env,
                "PYTHONPATH": os.pathsep.join(paths + ([extra] if extra else [])),
                "HPCDASK_SECRET": self.security.secret.hex(),
+               "HPCDASK_SECURITY": _encode_security(self.security),
                "HPCDASK_READY_FD": str(write_fd), "HPCDASK_NANNY_PID": str(os.getpid())}  # fmt: skip
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -239,6 +240,25 @@ class Nanny:
     async def finished(self) -> None:
         if self._finished is not None:
             await self._finished.wait()
+
+
+def _encode_security(security: Security) -> str:
+    """TLS settings (possibly in-memory certificates) for the child; env, never argv."""
+    import base64
+    import pickle
+
+    if not getattr(security, "has_tls", False):
+        return ""
+    return base64.b64encode(pickle.dumps(security)).decode()
+
+
+def decode_security_from_env() -> Security | None:
+    """The Security a nanny handed down through HPCDASK_SECURITY (a trusted parent)."""
+    import base64
+    import pickle
+
+    text = os.environ.pop("HPCDASK_SECURITY", "")
+    return pickle.loads(base64.b64decode(text)) if text else None
 
 
 def _read_line(fd: int) -> str:
