@@ -101,3 +101,19 @@ async def test_async_local_cluster():
             assert await client.submit(inc, 41) == 42
             await cluster._scale(2)
             await client.wait_for_workers(2, timeout=10)
+
+
+async def test_worker_lifetime_hands_data_over_before_leaving():
+    async with LocalCluster(n_workers=1, processes=False, asynchronous=True) as cluster, \
+            Client(cluster, asynchronous=True) as client:  # fmt: skip
+        short = Worker(cluster.scheduler_address, nthreads=1, lifetime=1.0,
+                       security=cluster.security)  # fmt: skip
+        await short
+        x = client.submit(inc, 41, workers=[short.address], pure=False)
+        assert await x == 42
+        await short.finished()  # it retired by itself
+        assert short.address not in cluster.scheduler.state.workers
+        assert await client.submit(inc, x) == 43
+        # handed over, not recomputed: x was computed exactly once
+        story = cluster.scheduler.state.story(x.key)
+        assert sum(1 for _, _, finish, *_ in story if finish == "processing") == 1
