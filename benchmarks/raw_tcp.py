@@ -18,7 +18,9 @@ import time
 GiB = 2**30
 
 
-def _receiver(port_queue, nbytes: int, rounds: int) -> None:
+def _receiver(port_queue, nbytes: int, rounds: int, fresh: bool) -> None:
+    import numpy as np
+
     buf = bytearray(nbytes)  # zero-filled: pages are touched before timing
     view = memoryview(buf)
     with socket.create_server(("127.0.0.1", 0)) as srv:
@@ -26,6 +28,8 @@ def _receiver(port_queue, nbytes: int, rounds: int) -> None:
         conn, _ = srv.accept()
         with conn:
             for _ in range(rounds):
+                if fresh:  # a new, untouched buffer per round, as a receiver of new data has
+                    view = memoryview(np.empty(nbytes, dtype=np.uint8))
                 got = 0
                 while got < nbytes:
                     k = conn.recv_into(view[got:], nbytes - got)
@@ -35,14 +39,21 @@ def _receiver(port_queue, nbytes: int, rounds: int) -> None:
                 conn.sendall(b"k")
 
 
-def measure(nbytes: int, rounds: int = 3, warmup: int = 1, timeout: float = 120) -> list[float]:
-    """Seconds per round (after `warmup` untimed rounds)."""
+def measure(
+    nbytes: int, rounds: int = 3, warmup: int = 1, timeout: float = 120, fresh: bool = False
+) -> list[float]:
+    """Seconds per round (after `warmup` untimed rounds).
+
+    fresh=False: one preallocated receive buffer (the kernel's ceiling). fresh=True: a new
+    buffer per round, so page faults of newly allocated memory are included, as they are for a
+    worker that receives a new array.
+    """
     import numpy as np
 
     payload = np.random.default_rng(0).integers(0, 256, size=nbytes, dtype=np.uint8)
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_receiver, args=(q, nbytes, warmup + rounds), daemon=True)
+    proc = ctx.Process(target=_receiver, args=(q, nbytes, warmup + rounds, fresh), daemon=True)
     proc.start()
     try:
         port = q.get(timeout=timeout)
@@ -68,11 +79,14 @@ def main() -> None:
     p.add_argument("--nbytes", type=int, default=256 * 2**20)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
-    times = measure(a.nbytes, a.rounds)
-    t = statistics.median(times)
-    print(
-        f"{a.nbytes / GiB / t:.2f} GiB/s (median of {len(times)}: {[round(x, 4) for x in times]})"
-    )
+    for fresh in (False, True):
+        times = measure(a.nbytes, a.rounds, fresh=fresh)
+        t = statistics.median(times)
+        what = "fresh buffer per round" if fresh else "preallocated buffer"
+        print(
+            f"{what}: {a.nbytes / GiB / t:.2f} GiB/s "
+            f"(median of {len(times)}: {[round(x, 4) for x in times]})"
+        )
 
 
 if __name__ == "__main__":

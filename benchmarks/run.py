@@ -143,15 +143,46 @@ def _kill_leftovers(pgid: int, token: str) -> int:
     return killed
 
 
+# Where children import hpcdask from: the working tree, or a `git archive` of --rev put first.
+# Children run in a scratch directory so that the working tree is not sys.path[0].
+CHILD_PATH: list[str] = [str(ROOT)]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    path = [*CHILD_PATH, os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), **extra)
+
+
+def snapshot(rev: str, into: Path) -> str:
+    """Exports hpcdask/ at `rev` into `into` (put first on children's PYTHONPATH); -> commit."""
+    commit = subprocess.check_output(["git", "rev-parse", "--short", rev], cwd=ROOT, text=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "hpcdask"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return commit.strip()
+
+
+def hpcdask_revision(rev: str | None) -> str:
+    try:
+        commit = subprocess.check_output(
+            ["git", "rev-parse", "--short", rev or "HEAD"], cwd=ROOT, text=True
+        ).strip()
+        if rev:
+            return f"commit {commit} (git archive of {rev})"
+        dirty = subprocess.check_output(
+            ["git", "status", "--porcelain", "--", "hpcdask"], cwd=ROOT, text=True
+        ).strip()
+        return f"working tree at {commit}" + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+
+
 def run_sample(bench: str, backend: str, quick: bool, timeout: float, logdir: Path) -> dict:
     token = uuid.uuid4().hex
     out = logdir / f"{bench}-{backend}-{token[:8]}.json"
     log = logdir / f"{bench}-{backend}-{token[:8]}.log"
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        **{TOKEN_VAR: token},
-    )
+    env = child_env(**{TOKEN_VAR: token})
     cmd = [
         sys.executable,
         "-m",
@@ -169,7 +200,7 @@ def run_sample(bench: str, backend: str, quick: bool, timeout: float, logdir: Pa
     t0 = time.monotonic()
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=logdir, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             proc.wait(timeout)
@@ -194,11 +225,12 @@ def run_sample(bench: str, backend: str, quick: bool, timeout: float, logdir: Pa
     return payload
 
 
-def check_backend(name: str) -> str:
+def check_backend(name: str, cwd: str) -> str:
     """'' if `from <name> import Client, LocalCluster, wait` works in a fresh interpreter."""
     r = subprocess.run(
         [sys.executable, "-c", f"from {name} import Client, LocalCluster, wait"],
-        cwd=ROOT,
+        cwd=cwd,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -295,9 +327,14 @@ def table(results: dict[str, dict[str, Samples]], quick: bool) -> str:
                 f"{_cell(res.get('hpcdask'), spec.metric, spec.fmt)} | {ratio} | "
                 f"≥ {spec.goal:.0%} of raw TCP | {met} |"
             )
-            raw_label = f"raw loopback TCP between two processes, same size ({spec.unit})"
+            raw_label = (
+                f"reference: raw loopback TCP, two processes, preallocated buffer ({spec.unit})"
+            )
             rawcell = _cell(res.get("raw_tcp"), spec.metric, spec.fmt)
             rows.append(f"| {raw_label} | {rawcell} | {rawcell} | reference | | |")
+            fresh_label = "reference: the same into a fresh (untouched) buffer per round (GiB/s)"
+            freshcell = _cell(res.get("raw_tcp"), "fresh_gib_per_s", spec.fmt)
+            rows.append(f"| {fresh_label} | {freshcell} | {freshcell} | reference | | |")
         elif spec.target == "holds":
             cells = []
             for b in ("distributed", "hpcdask"):
@@ -324,7 +361,7 @@ def header(info: dict[str, Any], argv: list[str], repeat: int, quick: bool) -> s
         [
             f"`{cmd}` — {info['date']}",
             "",
-            f"- versions: Python {info['python']}, hpcdask {info['hpcdask']}, distributed "
+            f"- versions: Python {info['python']}, hpcdask {info['hpcdask']} ({info['hpcdask_rev']}), distributed "
             f"{info['distributed']} (dask {info['dask']}), numpy {info['numpy']}",
             f"- machine: {info['nproc']} cores ({info['cpu']}), {info['memory_gib']} GiB, {info['os']}",
             "- setup: LocalCluster(n_workers=2, threads_per_worker=1, processes=True) for both; "
@@ -366,22 +403,35 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="multiply every per-sample deadline by this",
     )
+    p.add_argument(
+        "--rev",
+        help="benchmark hpcdask as committed at this git revision (e.g. HEAD) instead of the "
+        "working tree, which others may be editing during the run",
+    )
     a = p.parse_args(argv)
     repeat = a.repeat or (1 if a.quick else 3)
     names = [n for n in ORDER if n in (a.only or ORDER)]
     wanted = {b.strip() for b in a.backends.split(",") if b.strip()}
 
+    tmpdir = tempfile.TemporaryDirectory(prefix="hpcdask-bench-")
+    tmp = tmpdir.name
+    if a.rev:
+        snap = Path(tmp) / "src"
+        snap.mkdir()
+        snapshot(a.rev, snap)
+        CHILD_PATH.insert(0, str(snap))
     info = machine_info()
+    info["hpcdask_rev"] = hpcdask_revision(a.rev)
     info["load_start"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
     busy: list[float] = []
     skipped = {}
     for b in sorted(wanted):
-        why = check_backend(b)
+        why = check_backend(b, tmp)
         if why:
             skipped[b] = why
             print(f"!! {b} is not usable, skipping it: {why}", file=sys.stderr)
     results: dict[str, dict[str, Samples]] = {}
-    with tempfile.TemporaryDirectory(prefix="hpcdask-bench-") as tmp:
+    with tmpdir:
         for name in names:
             spec = SPECS[name]
             parts = [
