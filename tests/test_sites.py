@@ -108,3 +108,8 @@ def test_main_cli_has_the_commands():
     out = subprocess.run([sys.executable, "-m", "hpcdask", "sites"], capture_output=True, text=True,
                          timeout=30)  # fmt: skip
     assert out.returncode == 0 and "gadi" in out.stdout
+
+
+def test_site_of_another_system_is_an_error():
+    with pytest.raises(ValueError, match="'gadi' is a pbs site, not slurm: use PBSCluster"):
+        js.job_script("slurm", site="gadi")

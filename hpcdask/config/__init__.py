@@ -183,7 +183,7 @@ def sources(site: str | None = None) -> list[tuple[str, dict]]:
     with _lock:
         user = _file_layers() + _env_layers()
         if site is None:
-            for _, layer in reversed(user):
+            for _, layer in reversed(user + [("", o) for o in _overrides]):
                 chosen = _lookup(layer, "jobqueue.site")
                 if chosen is not _MISSING and chosen:
                     site = chosen

@@ -12,8 +12,10 @@ import asyncio
 import logging
 import math
 import os
+import subprocess
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,8 @@ class JobQueueCluster(Cluster):
         ctx = script.context(self.system, self._opts, self.scheduler_address, str(self._secret_path))
         self._script = script.render(self.system, ctx)
         self._poller = asyncio.ensure_future(self._poll_loop())
+        # jobs must not outlive a script that forgot close(): cancel them at exit
+        weakref.finalize(self, _cancel_leftovers, list(self.batch.cancel_command), self.jobs)
         if self._n_workers:
             await self._scale(self._n_workers)
 
@@ -386,3 +390,12 @@ class JobQueueCluster(Cluster):
         await super()._close()
         if self._secret_path is not None:
             self._secret_path.unlink(missing_ok=True)
+
+
+def _cancel_leftovers(cancel_command: list[str], jobs: dict[str, Job]) -> None:
+    ids = [j.id for j in jobs.values() if j.state not in ENDED and not j.cancelled]
+    if ids:
+        try:
+            subprocess.run([*cancel_command, *ids], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass

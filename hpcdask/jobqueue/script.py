@@ -106,6 +106,11 @@ def environment(template_dir: str | None = None) -> jinja2.Environment:
 
 def options(system: str, site: str | None = None, **kwargs: Any) -> dict:
     """Config for *system* (with *site*) overridden by keywords (None = keep the config value)."""
+    if site is not None:
+        meta = config.load_site(config.find_site(site, config.get("jobqueue.site-dirs") or []))
+        if meta["system"] != system:
+            raise ValueError(f"site {site!r} is a {meta['system']} site, not {system}: "
+                             f"use {meta['system'].upper()}Cluster or --system {meta['system']}")
     merged = config.collect(site=site)["jobqueue"]
     if system not in merged or system == "common":
         raise ValueError(f"unknown batch system {system!r}; known: {', '.join(config.SYSTEMS)}")
