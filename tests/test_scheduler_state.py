@@ -222,11 +222,6 @@ def test_task_nobody_wants_is_dropped_at_once():
     assert out == [] and s.tasks == {}
 
 
-@pytest.mark.xfail(
-    reason="BUG: a new task nobody wants that errs during UpdateGraph (its input erred or is "
-    "unknown) is kept forever, and keeps its inputs alive: only 'released' new tasks are dropped",
-    strict=True,
-)
 def test_unwanted_task_that_errs_on_arrival_is_forgotten():
     s = sched(("A", 1))
     run(s, graph(nt("a", "gone"), nt("b", "a"), wanted=["a"]))
@@ -235,11 +230,6 @@ def test_unwanted_task_that_errs_on_arrival_is_forgotten():
     assert s.tasks == {}
 
 
-@pytest.mark.xfail(
-    reason="BUG: UpdateGraph wanting a key that exists in 'released' state (kept as the input "
-    "of a finished task) only records the wanter: the key is never computed again",
-    strict=True,
-)
 def test_resubmitting_a_released_key_computes_it_again():
     s = sched(("A", 1))
     run(s, graph(nt("x"), nt("y", "x"), wanted=["x", "y"]))
@@ -251,11 +241,6 @@ def test_resubmitting_a_released_key_computes_it_again():
     assert placed(out) == {"x": "A"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: WantKeys of a key in 'released' state leaves it released: the new future "
-    "never completes",
-    strict=True,
-)
 def test_want_keys_of_a_released_key_computes_it():
     s = sched(("A", 1))
     run(s, graph(nt("x"), nt("y", "x"), wanted=["y"]))
@@ -265,11 +250,6 @@ def test_want_keys_of_a_released_key_computes_it():
     assert placed(out) == {"x": "A"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: WantKeys of a key already in memory (or erred) sends the new wanter no "
-    "key-in-memory (task-erred) report, unlike UpdateGraph",
-    strict=True,
-)
 def test_want_keys_of_a_finished_key_reports_it():
     s = sched(("A", 1))
     run(s, graph(nt("x")))
@@ -492,11 +472,6 @@ def test_dependents_inherit_nothing_but_their_own_priority():
     assert computes(out)[0].priority < computes(run(s, graph(nt("z"))))[0].priority
 
 
-@pytest.mark.xfail(
-    reason="BUG: within one UpdateGraph tasks are sent to idle workers in submission order, "
-    "ignoring the user priority (update-graph should transition new tasks by priority)",
-    strict=True,
-)
 def test_compute_instructions_of_one_graph_follow_user_priority():
     s = sched(("A", 1), buffer_seconds=0)
     out = run(s, graph(nt("a"), nt("b"), nt("c", priority=5)))
@@ -755,12 +730,6 @@ def test_remove_worker_forgets_lost_results_nobody_needs():
     assert s.tasks["b"].state == "memory"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a dependent processing on a surviving worker is not moved back to waiting when "
-    "its input's only copy is lost (memory->released leaves processing dependents alone; "
-    "RemoveWorker even re-sends them before noticing the lost input)",
-    strict=True,
-)
 def test_dependent_waits_for_a_lost_input_to_be_recomputed():
     s = sched(("A", 1), ("B", 1))
     run(s, graph(nt("x"), nt("y", "x"), wanted=["y"]))
@@ -856,12 +825,6 @@ def test_reconnecting_worker_brings_back_lost_data_and_drops_unknown_keys():
     assert computes(out) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: AddWorker(keys=...) accepts data only for memory/released/waiting/queued tasks: "
-    "a lost result in no-worker (restricted to the reconnecting worker) is freed there and "
-    "computed again",
-    strict=True,
-)
 def test_reconnecting_worker_restores_a_result_waiting_for_it_in_no_worker():
     s = sched(("A", 1))
     run(s, graph(nt("x", workers=("A",))))
@@ -985,11 +948,6 @@ def test_fire_and_forget_of_a_finished_key_forgets_it_once_released():
     assert frees(out) == {"A": {"x"}} and s.tasks == {}
 
 
-@pytest.mark.xfail(
-    reason="BUG: a fire-and-forget task that errs stays in the scheduler forever (erred, wanted "
-    "by the fire-and-forget pseudo-client that will never release it)",
-    strict=True,
-)
 def test_fire_and_forget_task_that_errs_is_forgotten():
     s = sched(("A", 1))
     run(s, graph(nt("x")), WantKeys(FIRE_AND_FORGET, ["x"]), ReleaseKeys("c", ["x"]))

@@ -375,11 +375,6 @@ def test_free_of_an_input_still_needed_here_keeps_it_for_now():
     assert dropped(out) == set() and w.tasks["a"].state == "memory"
 
 
-@pytest.mark.xfail(
-    reason="BUG: FreeKeys of an input that a running task still uses is deferred ('it goes when "
-    "that task is done') but nothing frees it later: the data stays on the worker forever",
-    strict=True,
-)
 def test_input_freed_while_its_dependent_runs_is_dropped_when_that_task_ends():
     w = WorkerState(ME)
     run(w, AddData({"a": 5}))
@@ -447,12 +442,6 @@ def test_a_new_holder_from_a_later_compute_revives_a_missing_input():
     assert gathers(out) == {"B": {"a"}}
 
 
-@pytest.mark.xfail(
-    reason="BUG: GatherFailed drops the dead peer from every key's holders, but keys still "
-    "waiting in 'fetch' (not in that flight) whose only holder it was are left with no holder "
-    "and never reported: their dependents wait forever",
-    strict=True,
-)
 def test_gather_failed_reports_queued_fetches_that_lost_their_only_holder():
     w = WorkerState(ME, nthreads=2)
     assert gathers(run(w, compute("t1", {"a": ["A"]}))) == {"A": {"a"}}
@@ -483,12 +472,6 @@ def test_add_data_replaces_a_previous_copy():
     assert w.nbytes_in_memory == 7
 
 
-@pytest.mark.xfail(
-    reason="BUG: AddData of a key that is in flight puts it in memory, then the gather's "
-    "GatherDone emits DropData for it (state is no longer 'flight'): the server deletes data "
-    "the state machine holds in memory",
-    strict=True,
-)
 def test_add_data_during_a_fetch_keeps_the_data():
     w = WorkerState(ME)
     run(w, compute("t", {"a": ["A"]}))
@@ -498,12 +481,6 @@ def test_add_data_during_a_fetch_keeps_the_data():
     assert w.tasks["a"].state == "memory"
 
 
-@pytest.mark.xfail(
-    reason="BUG: an input whose fetch was cancelled ('fetch-cancelled') is never revived: a new "
-    "task needing it while it is in flight waits forever (GatherDone drops the data) and after "
-    "the flight it lingers in the task table and is never fetched again",
-    strict=True,
-)
 def test_input_needed_again_while_its_cancelled_fetch_is_in_flight_is_used():
     w = WorkerState(ME)
     run(w, compute("t1", {"a": ["A"]}))
@@ -513,11 +490,6 @@ def test_input_needed_again_while_its_cancelled_fetch_is_in_flight_is_used():
     assert executes(out) == ["t2"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: after a cancelled fetch completes the key stays in the table as "
-    "'fetch-cancelled'; a later task needing it never fetches it",
-    strict=True,
-)
 def test_input_needed_after_its_cancelled_fetch_completed_is_fetched_again():
     w = WorkerState(ME)
     run(w, compute("t1", {"a": ["A"]}))

@@ -369,6 +369,11 @@ class SchedulerState:
         if ts._wants:  # released while wanted: its data was lost and will be recomputed
             for client in _clients(ts):
                 self._out.append(ReportToClient(client, {"op": "lost", "key": ts.key}))
+        if not ts.who_has or all(ws.address not in self.workers for ws in ts.who_has):
+            # The only copies are gone: dependents sent off to fetch it must wait again.
+            for dts in ts.dependents or ():
+                if dts.state == "processing":
+                    self._rec(dts, "released")
         for ws in ts.who_has or ():
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
@@ -432,6 +437,10 @@ class SchedulerState:
                 dts.exception_blame = blame
                 self._rec(dts, "erred")
         self._report_erred(ts)
+        if FIRE_AND_FORGET in _clients(ts):  # nobody will ever ask for this error
+            self._unwant(ts, FIRE_AND_FORGET)
+            if not self._needed(ts) and not ts.dependents:
+                self._rec(ts, "forgotten")
 
     # ------------------------------------------------------------ memory, queue, reports
 
@@ -460,7 +469,7 @@ class SchedulerState:
         if not self._needed(ts):
             self._rec(ts, "forgotten" if not ts.dependents else "released")
 
-    def _report_erred(self, ts: TaskState) -> None:
+    def _report_erred(self, ts: TaskState, only: str | None = None) -> None:
         if not ts._wants:
             return
         blame = ts.exception_blame or ts
@@ -472,7 +481,7 @@ class SchedulerState:
             "text": blame.exception_text,
             "blame": blame.key,
         }
-        for client in _clients(ts):
+        for client in (only,) if only else _clients(ts):
             self._out.append(ReportToClient(client, msg))
 
     def _cap(self, ws: WorkerState) -> int:
@@ -545,6 +554,7 @@ class SchedulerState:
     def _update_graph(self, ev: UpdateGraph) -> None:
         tasks = self.tasks
         new: list[TaskState] = []
+        new_set: set[TaskState] = set()
         for nt in ev.tasks:
             if nt.key in tasks:
                 continue
@@ -558,6 +568,7 @@ class SchedulerState:
             ts.loose_restrictions = bool(nt.allow_other_workers)
             tasks[nt.key] = ts
             new.append(ts)
+            new_set.add(ts)
             if nt.dependencies:
                 deps = []
                 for dkey in nt.dependencies:
@@ -576,23 +587,39 @@ class SchedulerState:
                 ts.dependencies = deps
         for key in ev.wanted:
             ts = tasks.get(key)
-            if ts is not None:
-                self._want(ts, ev.client)
-                if ts.state == "memory":
-                    self._out.append(ReportToClient(ev.client, {
-                        "op": "key-in-memory", "key": key, "type": ts.typename,
-                        "workers": [w.address for w in ts.who_has]}))  # fmt: skip
-                elif ts.state == "erred":
-                    self._report_erred(ts)
-        for ts in new:
+            if ts is None:
+                continue
+            if ts in new_set:
+                self._want(ts, ev.client)  # transitioned below, in priority order
+            else:
+                self._add_wanter(ts, ev.client)
+        # Higher user priority first, then submission order: the order idle workers get them.
+        for ts in sorted(new, key=_priority):
             if ts.exception is not None:
                 self._rec(ts, "erred")
             elif ts.state == "released" and (self._needed(ts) or ts.dependents):
                 self._rec(ts, "waiting")
             self._run_transitions()
         for ts in new:  # a task nobody wants and nothing depends on is dropped at once
-            if ts.state == "released" and not ts.dependents and not self._needed(ts):
+            if ts.state in ("released", "erred") and not ts.dependents and not self._needed(ts):
                 self._rec(ts, "forgotten")
+
+    def _add_wanter(self, ts: TaskState, client: str) -> None:
+        """A client holds a future for `ts`: tell it what is known, compute it if need be."""
+        self._want(ts, client)
+        if ts.state == "memory":
+            self._out.append(ReportToClient(client, {
+                "op": "key-in-memory", "key": ts.key, "type": ts.typename,
+                "workers": [w.address for w in ts.who_has]}))  # fmt: skip
+            if client == FIRE_AND_FORGET:
+                self._unwant(ts, FIRE_AND_FORGET)
+        elif ts.state == "erred":
+            self._report_erred(ts, only=client)
+            if client == FIRE_AND_FORGET:
+                self._unwant(ts, FIRE_AND_FORGET)
+        elif ts.state == "released":
+            self._rec(ts, "waiting")
+        self._run_transitions()
 
     def _add_client(self, ev: AddClient) -> None:
         self.clients.setdefault(ev.client, ClientState(ev.client))
@@ -620,9 +647,7 @@ class SchedulerState:
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is not None:
-                self._want(ts, ev.client)
-                if ev.client == FIRE_AND_FORGET and ts.state == "memory":
-                    self._unwant(ts, FIRE_AND_FORGET)
+                self._add_wanter(ts, ev.client)
 
     def _cancel_keys(self, ev: CancelKeys) -> None:
         # Dependents are cancelled with their inputs; forget them dependents-first.
@@ -670,7 +695,7 @@ class SchedulerState:
             self.aliases[str(ev.name)] = ev.address
         for key, nbytes in (ev.keys or {}).items():
             ts = self.tasks.get(key)
-            if ts is not None and ts.state in ("memory", "released", "waiting", "queued"):
+            if ts is not None and ts.state in ("memory", "released", "waiting", "queued", "no-worker"):
                 self._data_added(DataAdded(ev.address, {key: nbytes}))
             else:
                 self._free_on(ws, key)
@@ -689,7 +714,18 @@ class SchedulerState:
         if self.aliases.get(str(ws.name)) == ws.address:
             del self.aliases[str(ws.name)]
         self._stim = f"remove-worker {ev.reason}".strip()
+        # Lost data first, so that rescheduled tasks see which inputs must be recomputed.
+        for ts in list(ws.has_what):
+            ws.has_what.discard(ts)
+            if ts.who_has is not None:
+                ts.who_has.discard(ws)
+                if not ts.who_has:
+                    ts.who_has = None
+                    self._rec(ts, "released")
+                    self._run_transitions()
         for ts in list(ws.processing):
+            if ts.state != "processing" or ts.processing_on is not ws:
+                continue
             if not ev.safe:
                 ts.suspicious += 1
                 if ts.suspicious >= self.killed_worker_limit:
@@ -701,14 +737,6 @@ class SchedulerState:
                     continue
             self._rec(ts, "released")
             self._run_transitions()
-        for ts in list(ws.has_what):
-            ws.has_what.discard(ts)
-            if ts.who_has is not None:
-                ts.who_has.discard(ws)
-                if not ts.who_has:
-                    ts.who_has = None
-                    self._rec(ts, "released")
-                    self._run_transitions()
 
     def _task_finished(self, ev: TaskFinished) -> None:
         ts = self.tasks.get(ev.key)
@@ -833,6 +861,10 @@ class SchedulerState:
 
 def _load(ws: WorkerState) -> float:
     return ws.occupancy / ws.nthreads
+
+
+def _priority(ts: TaskState) -> int:
+    return ts.priority
 
 
 def _clients(ts: TaskState) -> tuple:

@@ -101,7 +101,7 @@ class DropData:
 class WTask:
     __slots__ = (
         "key", "state", "func", "args", "priority", "dependencies", "dependents",
-        "waiting_for", "who_has", "nbytes", "resources", "coming_from",
+        "waiting_for", "who_has", "nbytes", "resources", "coming_from", "free_when_done",
     )  # fmt: skip
 
     def __init__(self, key: str, state: str) -> None:
@@ -117,6 +117,7 @@ class WTask:
         self.nbytes = 0
         self.resources: dict | None = None
         self.coming_from: str | None = None
+        self.free_when_done = False  # the scheduler freed it while a task here still used it
 
     def __repr__(self) -> str:
         return f"<WTask {self.key!r} {self.state}>"
@@ -190,6 +191,8 @@ class WorkerState:
             if dts is None:
                 dts = self.tasks[dkey] = WTask(dkey, "fetch")
                 dts.nbytes = ev.nbytes.get(dkey, 0)
+            if dts.state == "fetch-cancelled":  # still on its way: wanted again after all
+                dts.state = "flight"
             if dts.state in ("fetch", "flight", "missing"):
                 dts.who_has.update(a for a in addresses if a != self.address)
                 if dts.state == "missing":
@@ -217,6 +220,7 @@ class WorkerState:
                 # Still an input of a task here; it goes when that task is done.
                 if ts.state in ("waiting", "ready", "constrained"):
                     self._drop_compute(ts)
+                ts.free_when_done = True
                 continue
             self._forget(ts)
 
@@ -227,6 +231,7 @@ class WorkerState:
             return
         self._release_slot(ts)
         if ts.state == "cancelled":
+            self._inputs_done(ts)
             self._forget(ts)
             return
         ts.state = "memory"
@@ -258,8 +263,13 @@ class WorkerState:
         for ts in flights:
             ts.coming_from = None
             if ts.key in ev.nbytes:
+                if ts.state == "memory":  # it arrived another way meanwhile (scatter)
+                    continue
                 if ts.state != "flight":  # nobody needs it any more
                     self._out.append(DropData([ts.key]))
+                    if self.tasks.get(ts.key) is ts:
+                        del self.tasks[ts.key]
+                    ts.state = "released"
                     continue
                 ts.state = "memory"
                 ts.nbytes = ev.nbytes[ts.key]
@@ -274,10 +284,17 @@ class WorkerState:
 
     def _gather_failed(self, ev: GatherFailed) -> None:
         flights = self.in_flight_workers.pop(ev.worker, set())
-        for ts in self.tasks.values():
-            ts.who_has.discard(ev.worker)
+        stranded = []
+        for ts in list(self.tasks.values()):
+            if ev.worker in ts.who_has:
+                ts.who_has.discard(ev.worker)
+                if ts.state == "fetch" and not ts.who_has:
+                    stranded.append(ts)
         for ts in flights:
             ts.coming_from = None
+            self._refetch(ts, ev.worker)
+        for ts in stranded:  # queued fetches whose only holder was that peer
+            ts.state = "flight"
             self._refetch(ts, ev.worker)
 
     def _add_data(self, ev: AddData) -> None:
@@ -328,6 +345,10 @@ class WorkerState:
         """`ts` ran: its inputs stay (the scheduler frees them) but stop pointing at it."""
         for dts in ts.dependencies:
             dts.dependents.discard(ts)
+            if dts.free_when_done and not any(
+                d.state not in ("memory", "error") for d in dts.dependents
+            ):
+                self._forget(dts)
         ts.dependencies = []
         ts.func = ts.args = None
 
