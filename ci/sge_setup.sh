@@ -34,9 +34,13 @@ echo "$H localhost" > $C/host_aliases
 echo "$H" > $C/act_qmaster
 chown sgeadmin:sgeadmin $C/host_aliases $C/act_qmaster
 mkdir -p /var/run/gridengine && chown sgeadmin:sgeadmin /var/run/gridengine
+answers() { for _ in $(seq "$1"); do qstat >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
+# a qmaster that is alive but does not answer is still shutting down: let it go, then start anew
+if alive "$(qm_pid)" && ! answers 25; then
+  for _ in $(seq 100); do alive "$(qm_pid)" || break; sleep 0.2; done
+fi
 alive "$(qm_pid)" || /usr/sbin/sge_qmaster
-for _ in $(seq 100); do qstat >/dev/null 2>&1 && break; sleep 0.2; done
-qstat >/dev/null
+answers 100 || { echo "sge_setup: sge_qmaster does not answer" >&2; exit 1; }
 
 T=$(mktemp -d); trap 'rm -rf $T' EXIT
 # root's jobs are refused with min_uid/min_gid 1000; the file must be named "global"
@@ -59,6 +63,7 @@ qconf -Msconf $T/sched >/dev/null
 qconf -sh | grep -qx "$H" || qconf -ah "$H" >/dev/null
 qconf -ss 2>/dev/null | grep -qx "$H" || qconf -as "$H" >/dev/null
 # execd reads min_uid when it starts, so it starts after the global config change
+for _ in $(seq 10); do alive "$(ed_pid)" || break; sleep 0.2; done  # an execd told to stop goes
 alive "$(ed_pid)" || /usr/sbin/sge_execd
 for _ in $(seq 100); do qconf -sel 2>/dev/null | grep -qx "$H" && break; sleep 0.2; done
 if ! qconf -shgrpl 2>/dev/null | grep -qx '@allhosts'; then
@@ -123,4 +128,12 @@ Q
   qconf -Aq $T/all.q >/dev/null
 fi
 qmod -c 'all.q' >/dev/null 2>&1 || true
+# the queue instance is usable once the execd reports (state without 'u', unknown)
+usable() { qstat -f -q all.q 2>/dev/null | grep '^all\.q@' | awk '{print $NF}' | grep -qv u; }
+for _ in $(seq 100); do usable && break; sleep 0.2; done
+if ! usable; then
+  alive "$(ed_pid)" || /usr/sbin/sge_execd
+  for _ in $(seq 100); do usable && break; sleep 0.2; done
+  usable || { qstat -f; echo "sge_setup: the execution daemon does not report" >&2; exit 1; }
+fi
 echo "sge_setup: SGE running (qmaster pid $(qm_pid), execd pid $(ed_pid))"
