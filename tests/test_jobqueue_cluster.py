@@ -120,6 +120,20 @@ def test_job_that_dies_at_once_is_reported_with_its_output(system, make):
 
 @pytest.mark.slurm
 @requires_slurm
+def test_broken_jobs_are_not_resubmitted_for_ever(make):
+    cluster = make("slurm", python="/nonexistent/python3")
+    cluster.adapt(minimum=1, maximum=1, interval=0.2)
+    until(lambda: len(cluster.jobs) == 3 and all(j.ended for j in cluster.jobs.values()),
+          what="three failed jobs")  # fmt: skip
+    with pytest.raises(JobFailedError, match="3 jobs in a row ended before their workers connected"):
+        cluster._sync(cluster._scale, 1)  # what adapt calls: refused
+    logs = cluster.get_logs(scheduler=False, workers=False)
+    assert any("No such file" in line for lines in logs.values() for line in lines)
+    cluster.scale(0)
+
+
+@pytest.mark.slurm
+@requires_slurm
 def test_slurm_job_that_cannot_start(make):
     with pytest.raises(JobSubmissionError, match="Memory specification can not be satisfied"):
         make("slurm", memory="100000GB").scale(1)

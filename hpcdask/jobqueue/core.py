@@ -356,6 +356,18 @@ class JobQueueCluster(Cluster):
                                                    or "none submitted (call scale() first)"))
             await asyncio.sleep(0.05)
 
+    async def _get_logs(self, scheduler: bool, workers: bool) -> dict:
+        """The scheduler's and workers' logs, plus the tail of each job's output file."""
+        logs = await super()._get_logs(scheduler, workers)
+        for job in self.jobs.values():
+            for path in self.batch.output_files(job.id, self._ctx["job_name"],
+                                                self._opts.get("log_directory"), self._submit_dir):
+                text = tail(path, 50)
+                if text:
+                    logs[f"job {job.id}"] = text.splitlines()
+                    break
+        return logs
+
     def job_states(self) -> dict[str, str]:
         """{job id: state} as last seen in the queue."""
         return {j.id: j.state for j in self.jobs.values()}
