@@ -116,6 +116,8 @@ def test_job_that_dies_at_once_is_reported_with_its_output(system, make):
     cluster.scale(1)
     with pytest.raises(JobFailedError, match=r"(?s)ended.*No such file or directory"):
         cluster.wait_for_workers(1, timeout=60)
+    with Client(cluster) as client, pytest.raises(JobFailedError, match="No such file"):
+        client.wait_for_workers(1, timeout=60)  # the client asks the cluster too
 
 
 @pytest.mark.slurm
