@@ -152,3 +152,10 @@ def test_hpcdask_config_missing_file_is_an_error(monkeypatch, tmp_path):
 def test_open_mapping_takes_any_keys(home):
     user_file(home, "jobqueue: {slurm: {scheduler-options: {interface: lo, port: 0}}}\n")
     assert config.collect()["jobqueue"]["slurm"]["scheduler-options"] == {"interface": "lo", "port": 0}
+
+
+def test_keys_of_either_type(monkeypatch):
+    monkeypatch.setenv("HPCDASK_COMM__UCX__TRANSPORTS", "[tcp, rdmacm]")
+    assert config.collect()["comm"]["ucx"]["transports"] == ["tcp", "rdmacm"]
+    monkeypatch.setenv("HPCDASK_COMM__UCX__TRANSPORTS", "tcp,rdmacm")
+    assert config.get("comm.ucx.transports") == "tcp,rdmacm"

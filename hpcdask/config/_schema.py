@@ -48,7 +48,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfFyYnNoO"
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789.") + ["."])
 
-TYPES = ("str", "int", "number", "bool", "list", "dict")
+TYPES = ("str", "int", "number", "bool", "list", "dict", "any")
 for _t in TYPES:
     _Loader.add_constructor(f"!{_t}", lambda loader, node, t=_t: Typed(t))
 
@@ -109,7 +109,7 @@ def type_of(default: Any) -> str | None:
 
 def check_type(expected: str | None, value: Any) -> tuple[bool, Any]:
     """(ok, value) with harmless conversions: a number where a string is expected becomes text."""
-    if value is None or expected is None:
+    if value is None or expected in (None, "any"):
         return True, value
     if expected == "str":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
