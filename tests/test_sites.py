@@ -113,3 +113,22 @@ def test_main_cli_has_the_commands():
 def test_site_of_another_system_is_an_error():
     with pytest.raises(ValueError, match="'gadi' is a pbs site, not slurm: use PBSCluster"):
         js.job_script("slurm", site="gadi")
+
+
+def test_templates_and_profiles_ship_inside_the_package():
+    """hpcdask/jobscripts and hpcdask/site-configs point at the top-level folders, and
+    pyproject's package-data globs pick their files up for the wheel."""
+    from pathlib import Path
+
+    import hpcdask
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pkg = Path(hpcdask.__file__).parent
+    data = tomllib.loads((pkg.parent / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["hpcdask"]
+    assert {"jobscripts/*.j2", "site-configs/*.yaml", "config/*.yaml"} <= set(globs)
+    for pattern in ("jobscripts/*.j2", "site-configs/*.yaml"):
+        shipped = {p.name for p in pkg.glob(pattern)}
+        top = {p.name for p in (pkg.parent / pattern.split("/")[0]).glob(pattern.split("/")[1])}
+        assert shipped == top and shipped
+    assert {"slurm.sh.j2", "pbs.sh.j2", "sge.sh.j2"} <= {p.name for p in pkg.glob("jobscripts/*")}
