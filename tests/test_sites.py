@@ -132,3 +132,22 @@ def test_templates_and_profiles_ship_inside_the_package():
         top = {p.name for p in (pkg.parent / pattern.split("/")[0]).glob(pattern.split("/")[1])}
         assert shipped == top and shipped
     assert {"slurm.sh.j2", "pbs.sh.j2", "sge.sh.j2"} <= {p.name for p in pkg.glob("jobscripts/*")}
+
+
+def test_gadi_cluster_script_has_address_and_secret_file_not_the_secret(home):
+    """No PBS here, but a PBSCluster still starts its scheduler and renders the real script."""
+    import os
+    import re
+
+    from hpcdask.jobqueue import PBSCluster
+
+    with PBSCluster(site="gadi", project="vp91", cores=48, memory="192GB",
+                    scheduler_options={"interface": "lo"}) as cluster:  # fmt: skip
+        text = cluster.job_script()
+        assert f"-m hpcdask worker {cluster.scheduler_address} " in text
+        assert "--interface ib0" in text and "#PBS -P vp91" in text
+        path = re.search(r"HPCDASK_SECRET_FILE=(\S+)", text).group(1)
+        assert path.startswith(str(home)) and os.stat(path).st_mode & 0o777 == 0o600
+        secret = cluster.security.secret.hex()
+        assert open(path).read().strip() == secret and secret not in text
+    assert not os.path.exists(path)  # removed with the cluster
