@@ -136,7 +136,8 @@ class JobQueueCluster(Cluster):
         self._script = script.render(self.system, ctx)
         self._poller = asyncio.ensure_future(self._poll_loop())
         # jobs must not outlive a script that forgot close(): cancel them at exit
-        weakref.finalize(self, _cancel_leftovers, list(self.batch.cancel_command), self.jobs)
+        weakref.finalize(self, _cancel_leftovers, list(self.batch.cancel_command), self.jobs,
+                         self._secret_path)  # fmt: skip
         if self._n_workers:
             await self._scale(self._n_workers)
 
@@ -404,7 +405,8 @@ class JobQueueCluster(Cluster):
             self._secret_path.unlink(missing_ok=True)
 
 
-def _cancel_leftovers(cancel_command: list[str], jobs: dict[str, Job]) -> None:
+def _cancel_leftovers(cancel_command: list[str], jobs: dict[str, Job], secret: Path) -> None:
+    secret.unlink(missing_ok=True)
     ids = [j.id for j in jobs.values() if j.state not in ENDED and not j.cancelled]
     if ids:
         try:
