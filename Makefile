@@ -18,7 +18,7 @@ demo: $(PY)
 	$(PY) examples/demo.py
 
 test: $(PY)
-	$(PY) -m pip install -q -e ".[test,mpi]"
+	$(PY) -m pip install -q -e ".[test]"
 	bash ci/services.sh $(VENV)
 	$(PY) -m ruff check hpcdask tests benchmarks examples
 	$(PY) -m pytest -q
