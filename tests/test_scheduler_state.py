@@ -752,12 +752,6 @@ def test_dependent_waits_for_a_lost_input_to_be_recomputed():
     check(s)
 
 
-@pytest.mark.xfail(
-    reason="BUG: when an input already in memory is lost, a dependent still 'waiting' for its "
-    "other inputs does not wait for it again; once those arrive it is sent with no holder "
-    "for the lost input",
-    strict=True,
-)
 def test_waiting_dependent_waits_again_for_a_lost_input():
     s = sched(("A", 1), ("B", 1))
     run(s, graph(nt("x", workers=("A",), allow_other_workers=True), nt("z", workers=("B",)),
@@ -771,11 +765,6 @@ def test_waiting_dependent_waits_again_for_a_lost_input():
     assert computes(out) == [] and s.tasks["y"].state == "waiting"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a no-worker dependent whose input is lost is not moved back to waiting: when a "
-    "matching worker joins it is sent with no holder for the lost input",
-    strict=True,
-)
 def test_no_worker_dependent_waits_again_for_a_lost_input():
     s = sched(("A", 1), ("B", 1))
     run(s, graph(nt("x", workers=("A",), allow_other_workers=True),
@@ -1175,11 +1164,6 @@ def test_random_event_sequences_keep_invariants_and_finish(seed):
     _run_random(seed, 80)
 
 
-@pytest.mark.xfail(
-    reason="BUG: see test_waiting_dependent_waits_again_for_a_lost_input: random sequences "
-    "with lost workers send tasks whose inputs are not in memory",
-    strict=True,
-)
 def test_random_event_sequences_keep_strict_invariants():
     for seed in range(60):
         _run_random(seed, 80, strict=True)

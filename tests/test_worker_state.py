@@ -450,13 +450,6 @@ def test_gather_failed_reports_queued_fetches_that_lost_their_only_holder():
     assert sorted(m["key"] for m in msgs(out, "missing-data")) == ["a", "b"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a ComputeTask whose input has no holder but this worker (which does not have "
-    "it) or no holder at all leaves the input in 'fetch' with no source forever: no gather, no "
-    "missing-data, the task never runs (seen when a stale add-keys made the scheduler think "
-    "this worker still held a key it had freed)",
-    strict=True,
-)
 def test_input_without_any_other_holder_is_reported_missing_at_once():
     w = WorkerState(ME)
     out = run(w, compute("t", {"a": [ME]}), compute("u", {"b": []}))

@@ -370,9 +370,13 @@ class SchedulerState:
             for client in _clients(ts):
                 self._out.append(ReportToClient(client, {"op": "lost", "key": ts.key}))
         if not ts.who_has or all(ws.address not in self.workers for ws in ts.who_has):
-            # The only copies are gone: dependents sent off to fetch it must wait again.
+            # The only copies are gone: dependents that counted on them must wait again.
             for dts in ts.dependents or ():
-                if dts.state == "processing":
+                if dts.state == "waiting":
+                    if dts.waiting_on is None:
+                        dts.waiting_on = set()
+                    dts.waiting_on.add(ts)
+                elif dts.state in ("processing", "no-worker", "queued"):
                     self._rec(dts, "released")
         for ws in ts.who_has or ():
             ws.has_what.discard(ts)

@@ -186,6 +186,7 @@ class WorkerState:
         ts.args = ev.args
         ts.priority = ev.priority
         ts.resources = ev.resources
+        stranded = []
         for dkey, addresses in ev.who_has.items():
             dts = self.tasks.get(dkey)
             if dts is None:
@@ -203,7 +204,12 @@ class WorkerState:
             dts.dependents.add(ts)
             if dts.state != "memory":
                 ts.waiting_for.add(dts)
-        if not ts.waiting_for:
+            if dts.state == "fetch" and not dts.who_has:
+                stranded.append(dts)
+        for dts in stranded:  # nobody else to fetch it from: the scheduler must know now
+            dts.state = "flight"
+            self._refetch(dts, self.address)
+        if ts.state == "waiting" and not ts.waiting_for:
             self._make_ready(ts)
 
     def _free(self, ev: FreeKeys) -> None:
