@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     with backend.local_cluster() as cluster, backend.client(cluster) as client:
         client.wait_for_workers(2)
-        _workload(client, a.workload, max(64, n // 10) if a.workload != "transfer" else 1, wait)
+        warm = {"transfer": 1, "tree": max(64, n // 16)}.get(a.workload, max(64, n // 10))
+        _workload(client, a.workload, warm, wait)
         pids = {"client+scheduler": os.getpid()}
         for addr, pid in sorted(client.run(_tasks.worker_pid).items()):
             pids[f"worker {addr}"] = pid

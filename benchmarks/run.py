@@ -178,7 +178,21 @@ def hpcdask_revision(rev: str | None) -> str:
         return "unknown revision"
 
 
-def run_sample(bench: str, backend: str, quick: bool, timeout: float, logdir: Path) -> dict:
+def wait_for_quiet(threshold: float, max_wait: float) -> float:
+    """Waits (up to max_wait s) for a 1 s window in which the machine is less than `threshold`%
+    busy, so that a sample does not start in the middle of somebody else's burst; -> busy %."""
+    import psutil
+
+    deadline = time.monotonic() + max_wait
+    busy = psutil.cpu_percent(interval=1.0)
+    while busy >= threshold and time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=1.0)
+    return busy
+
+
+def run_sample(
+    bench: str, backend: str, quick: bool, timeout: float, logdir: Path, quiet: tuple = (101, 0)
+) -> dict:
     token = uuid.uuid4().hex
     out = logdir / f"{bench}-{backend}-{token[:8]}.json"
     log = logdir / f"{bench}-{backend}-{token[:8]}.log"
@@ -194,9 +208,7 @@ def run_sample(bench: str, backend: str, quick: bool, timeout: float, logdir: Pa
         "--out",
         str(out),
     ] + (["--quick"] if quick else [])
-    import psutil
-
-    busy = psutil.cpu_percent(interval=0.5)  # other load on the machine just before the sample
+    busy = wait_for_quiet(*quiet)  # other load on the machine just before the sample
     t0 = time.monotonic()
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
@@ -368,7 +380,8 @@ def header(info: dict[str, Any], argv: list[str], repeat: int, quick: bool) -> s
             "memory benchmarks use a bare scheduler started by each backend's CLI, no workers",
             f"- each cell: median (min–max) of {repeat} samples, backends alternating, one fresh "
             f"process tree per sample{'; QUICK sizes' if quick else ''}",
-            f"- other load on the machine: CPU busy just before a sample median "
+            f"- other load on the machine: each sample first waited up to {info['quiet'][1]:g} s "
+            f"for a second under {info['quiet'][0]:g}% CPU; CPU busy just before a sample median "
             f"{info.get('busy_median', 0):.0f}%, max {info.get('busy_max', 0):.0f}%; load average "
             f"{info['load_start']} at the start, {info.get('load_end', '?')} at the end",
         ]
@@ -404,6 +417,21 @@ def main(argv: list[str] | None = None) -> int:
         help="multiply every per-sample deadline by this",
     )
     p.add_argument(
+        "--quiet",
+        type=float,
+        default=30,
+        metavar="PERCENT",
+        help="before each sample wait for a second in which the machine is less than this "
+        "busy (default 30; 101 disables)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="but wait at most this long (default 60)",
+    )
+    p.add_argument(
         "--rev",
         help="benchmark hpcdask as committed at this git revision (e.g. HEAD) instead of the "
         "working tree, which others may be editing during the run",
@@ -422,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         CHILD_PATH.insert(0, str(snap))
     info = machine_info()
     info["hpcdask_rev"] = hpcdask_revision(a.rev)
+    info["quiet"] = (a.quiet, a.quiet_wait)
     info["load_start"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
     busy: list[float] = []
     skipped = {}
@@ -444,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(repeat):
                 order = parts if rep % 2 == 0 else parts[::-1]
                 for b in order:
-                    r = run_sample(name, b, a.quick, timeout, Path(tmp))
+                    r = run_sample(name, b, a.quick, timeout, Path(tmp), (a.quiet, a.quiet_wait))
                     busy.append(r["busy_before"])
                     if r["ok"]:
                         results[name][b].ok.append(r["result"])
