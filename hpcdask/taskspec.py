@@ -62,8 +62,14 @@ class _CloudArgsPickler(cloudpickle.Pickler):
         return key
 
 
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
 def dumps_args(args: tuple, kwargs: dict | None) -> tuple[Any, list[str]]:
     """Pickle (args, kwargs); returns the payload and the keys of the futures inside."""
+    if not kwargs and all(type(a) in _SCALARS for a in args):
+        # No future can hide in plain scalars: the C pickler alone is 3x faster.
+        return pickle.dumps(args, protocol=5), []
     obj = (args, kwargs) if kwargs else args
     for cls in (_ArgsPickler, _CloudArgsPickler):
         f = io.BytesIO()

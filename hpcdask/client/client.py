@@ -407,7 +407,7 @@ class Client:
         out: dict[str, Any] = {}
         todo = list({f.key: f for f in futures}.values())
         while todo:
-            await asyncio.gather(*(f._state.wait() for f in todo if not f._state.done()))
+            await _all_done([f._state for f in todo])
             by_worker: dict[str, list[str]] = {}
             for f in todo:
                 st = f._state
@@ -685,6 +685,26 @@ class Client:
 
     def _repr_html_(self) -> str:
         return f"<pre>{self!r}</pre>".replace("<Client", "&lt;Client").replace(">", "&gt;", 1)
+
+
+async def _all_done(states: list[FutureState]) -> None:
+    """Wait for many futures with one asyncio future, not one coroutine each."""
+    pending = [st for st in states if not st.done()]
+    if not pending:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    remaining = len(pending)
+
+    def one_done() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not done.done():
+            done.set_result(None)
+
+    for st in pending:
+        st.on_done(one_done)
+    await done
 
 
 async def _raise_if_unreachable(address: str, timeout: float) -> None:
