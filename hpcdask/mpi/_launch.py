@@ -8,6 +8,8 @@ afterwards, so a rank that dies later cannot make the others hang in a collectiv
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -16,7 +18,7 @@ from typing import Any
 
 from hpcdask.utils.loop import get_loop_thread
 
-from ._servers import Options, RankServers
+from ._servers import RankServers
 from ._world import WORKER, Layout
 
 logger = logging.getLogger("hpcdask.mpi")
@@ -60,42 +62,90 @@ def bootstrap(comm, servers: RankServers) -> Contact:
     return contact
 
 
-def start_rank(comm, layout: Layout, options: Options) -> tuple[frozenset, RankServers, Contact]:
+def start_rank(comm, layout: Layout, servers: RankServers) -> Contact:
     """Run the bootstrap and start this rank's worker if it has one."""
     layout.check()
-    rank = comm.Get_rank()
-    roles = layout.roles(rank)
-    servers = RankServers(options, rank)
     contact = bootstrap(comm, servers)
-    if WORKER in roles:
+    if WORKER in layout.roles(servers.rank):
         get_loop_thread().run_sync(servers.start_worker(contact.address, contact.security))
-    return roles, servers, contact
+    return contact
 
 
 class _Stop(BaseException):
     """Raised in the main thread by SIGTERM/SIGINT to leave the wait and close gracefully."""
 
 
-def _raise_stop(signum: int, frame: Any) -> None:
-    raise _Stop(signum)
+class _Signals:
+    """SIGINT/SIGTERM handling for a server rank.
+
+    During the bootstrap a signal is only noted: a rank that left before taking part in the
+    broadcast could leave other ranks blocked in it forever (MPI may relay a broadcast through
+    any rank). Once the broadcast is done a pending or new signal raises _Stop.
+    """
+
+    def __init__(self) -> None:
+        self.deferring = True
+        self.pending: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.deferring:
+            self.pending = signum
+        else:
+            raise _Stop(signum)
+
+    def stop_deferring(self) -> None:
+        self.deferring = False
+        if self.pending is not None:
+            raise _Stop(self.pending)
 
 
-def serve(servers: RankServers) -> None:
-    """Block until this rank's servers finish, then close them.
+def _run_cancellable(coro: Any) -> Any:
+    """Run *coro* on the background loop; if a signal interrupts the wait, cancel it too.
+
+    A worker still connecting to a scheduler that is already gone would otherwise keep
+    trying for the whole connect timeout after the rank was told to stop.
+    """
+    future = asyncio.run_coroutine_threadsafe(coro, get_loop_thread().loop)
+    try:
+        return future.result()
+    except _Stop:
+        future.cancel()
+        with contextlib.suppress(BaseException):
+            future.result(timeout=5)
+        raise
+
+
+def run_server_rank(comm, layout: Layout, servers: RankServers) -> None:
+    """Start this rank's servers, block until they finish, then close them.
 
     mpirun forwards SIGINT/SIGTERM (Ctrl-C, scancel, walltime) to every rank; turning them into
-    a graceful close lets a worker leave the scheduler properly and a Nanny stop its child.
+    a graceful close, from the very start of the rank, lets the scheduler remove its scheduler
+    file, a worker leave the scheduler properly and a Nanny stop its child.
     """
     loop_thread = get_loop_thread()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _raise_stop)
     try:
-        loop_thread.run_sync(servers.wait())
-    except _Stop as stop:
-        logger.info("rank %d: signal %s, closing", servers.rank, stop.args[0])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        loop_thread.run_sync(servers.close(), timeout=30)
+        with _Signals() as signals:
+            try:
+                layout.check()
+                contact = bootstrap(comm, servers)
+                signals.stop_deferring()
+                if WORKER in layout.roles(servers.rank):
+                    _run_cancellable(servers.start_worker(contact.address, contact.security))
+                _run_cancellable(servers.wait())
+            except _Stop as stop:
+                logger.info("rank %d: signal %s, closing", servers.rank, stop.args[0])
+            finally:
+                loop_thread.run_sync(servers.close(), timeout=30)
+    except _Stop:  # a second signal while closing: give up on being graceful
+        pass

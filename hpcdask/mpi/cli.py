@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from ._launch import SchedulerStartError, serve, start_rank
-from ._servers import Options
+from ._launch import SchedulerStartError, run_server_rank
+from ._servers import Options, RankServers
 from ._world import Layout, MPIUnavailableError, WorldTooSmallError, load_mpi
 
 
@@ -42,10 +42,9 @@ def main(scheduler_file, scheduler_port, interface, protocol, nthreads, memory_l
         comm = MPI.COMM_WORLD
         _setup_logging(comm.Get_rank())
         layout = Layout(comm.Get_size(), client_rank=None, exclusive_workers=exclusive_workers)
-        _, servers, _ = start_rank(comm, layout, options)
+        run_server_rank(comm, layout, RankServers(options, comm.Get_rank()))
     except (MPIUnavailableError, WorldTooSmallError, SchedulerStartError) as exc:
         raise click.ClickException(str(exc))
-    serve(servers)
 
 
 def _setup_logging(rank: int) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from hpcdask.utils.loop import get_loop_thread
 
-from ._launch import Contact, serve, start_rank
-from ._servers import Options, shutdown_cluster
+from ._launch import Contact, run_server_rank, start_rank
+from ._servers import Options, RankServers, shutdown_cluster
 from ._world import CLIENT, Layout, load_mpi
 
 logger = logging.getLogger("hpcdask.mpi")
@@ -76,19 +76,20 @@ def initialize(
         worker_class=worker_class,
         worker_options=dict(worker_options or {}),
     )
-    roles, servers, contact = start_rank(comm, layout, options)
-    if CLIENT in roles:
-        _contact = contact
-        _publish(contact)
+    servers = RankServers(options, comm.Get_rank())
+    if CLIENT not in layout.roles(servers.rank):
+        run_server_rank(comm, layout, servers)
         if exit:
-            atexit.register(send_close_signal)
-        if wait_for_workers is not None:
-            _wait_for_workers(contact, len(layout.worker_ranks), wait_for_workers)
-        return True
-    serve(servers)
+            sys.exit(0)
+        return False
+    contact = start_rank(comm, layout, servers)
+    _contact = contact
+    _publish(contact)
     if exit:
-        sys.exit(0)
-    return False
+        atexit.register(send_close_signal)
+    if wait_for_workers is not None:
+        _wait_for_workers(contact, len(layout.worker_ranks), wait_for_workers)
+    return True
 
 
 def send_close_signal() -> None:
