@@ -100,3 +100,15 @@ def test_cli_outside_mpirun_is_a_world_of_one():
     proc = run("from hpcdask.mpi.cli import main; main()")
     assert proc.returncode == 1
     assert "1 rank(s)" in proc.stderr and "mpirun -n N" in proc.stderr
+
+
+def test_dask_mpi_worker_class_names_map_to_hpcdask():
+    from hpcdask.mpi._servers import resolve_worker_class
+    from hpcdask.worker import Nanny, Worker
+
+    assert resolve_worker_class(None, nanny=False) is Worker
+    assert resolve_worker_class(None, nanny=True) is Nanny
+    assert resolve_worker_class("distributed.Nanny", nanny=False) is Nanny
+    assert resolve_worker_class("distributed.Worker", nanny=True) is Worker
+    assert resolve_worker_class("hpcdask.worker.Nanny", nanny=False) is Nanny
+    assert resolve_worker_class(Worker, nanny=True) is Worker

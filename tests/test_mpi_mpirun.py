@@ -341,3 +341,25 @@ def test_batch_world_too_small(mpirun, tmp_path):
     job, rc, _ = run_script(mpirun, tmp_path, 2)
     assert rc != 0
     assert "WorldTooSmallError" in job.output and "mpirun -n N" in job.output
+
+
+NO_EXIT_SCRIPT = """
+from hpcdask.mpi import initialize, send_close_signal
+is_client = initialize(exit=False)
+if is_client:
+    from hpcdask.client import Client
+    with Client() as client:
+        print("RESULT", client.submit(lambda: 6 * 7).result(), flush=True)
+    send_close_signal()
+print("RETURNED", is_client, flush=True)  # every rank gets here, as with dask-mpi
+"""
+
+
+def test_batch_mode_without_exit_returns_on_every_rank(mpirun, tmp_path):
+    script = tmp_path / "no_exit.py"
+    script.write_text(NO_EXIT_SCRIPT)
+    job = mpirun(4, [sys.executable, script])
+    assert job.wait(60) == 0, job.output[-4000:]
+    assert "RESULT 42" in job.output
+    assert job.output.count("RETURNED False") == 3 and job.output.count("RETURNED True") == 1
+    assert_quiet(job.output)
