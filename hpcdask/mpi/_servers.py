@@ -72,7 +72,7 @@ class RankServers:
         self.scheduler = await Scheduler(
             port=o.scheduler_port,
             interface=o.interface,
-            protocol=o.protocol or "tcp",
+            protocol=o.protocol,
             security=security,
             scheduler_file=o.scheduler_file,
         )
