@@ -2,7 +2,7 @@
 
 Shared by `hpcdask-mpi` and `initialize()`. The only MPI communication is one broadcast from
 rank 0 at start-up carrying the scheduler address and the cluster secret: the secret thus never
-touches the file system or a command line, and no rank depends on any other rank through MPI
+travels through the file system or a command line, and no rank depends on any other rank through MPI
 afterwards, so a rank that dies later cannot make the others hang in a collective.
 """
 
