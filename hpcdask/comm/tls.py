@@ -95,7 +95,7 @@ class TLSListener(TCPListener):
             logger.warning(
                 "refused connection from %s: failed authentication (TLS handshake failed: %s)",
                 peer,
-                e or type(e).__name__,
+                str(e) or repr(e),
             )
             conn.close()
             return

@@ -90,7 +90,33 @@ def _tls(secret: bytes) -> TransportSpec:
     )
 
 
-_OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = [_tls]
+def _ucx(secret: bytes) -> TransportSpec | None:
+    import importlib.util
+
+    if importlib.util.find_spec("ucxx") is None:
+        return None
+    os.environ.setdefault("UCX_NET_DEVICES", "lo")  # see hpcdask/comm/ucx.py
+    os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+    return TransportSpec("ucx", "ucx://127.0.0.1:0", Security(secret=secret))
+
+
+def _ws(secret: bytes) -> TransportSpec:
+    import websockets  # noqa: F401
+
+    return TransportSpec("ws", "ws://127.0.0.1:0", Security(secret=secret))
+
+
+def _wss(secret: bytes) -> TransportSpec:
+    import cryptography  # noqa: F401
+    import websockets  # noqa: F401
+
+    security = Security.temporary(secret)
+    # a wrong certificate is refused by TLS before hpcdask sees the peer (see comm/ws.py), so
+    # only the secret is varied here; tls:// covers certificates
+    return TransportSpec("wss", "wss://127.0.0.1:0", security)
+
+
+_OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = [_tls, _ws, _wss, _ucx]
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""Transfer micro-benchmark of the comm layer between two processes.
+
+    .venv/bin/python benchmarks/bench_transports.py [--sizes 1,64,256] [--reps 5]
+        [--transports raw-tcp,tcp,tls,raw-ucx,ucx] [--pingpong 2000]
+
+For each transport a receiver process is started; the sender writes one frame of each size
+and waits for a one-byte acknowledgement, REPS times; the table shows GB/s of the best and the
+median repetition. The raw baselines use the same pattern (receive into a fresh buffer each
+time): plain blocking sockets, and ucxx tag send/recv with the same UCX settings as ucx://.
+Small-message round trips (msgpack message of one small dict) are timed too.
+UCX is kept on the loopback device (UCX_NET_DEVICES=lo) unless the environment says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("UCX_NET_DEVICES", "lo")
+os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+os.environ.setdefault("UCX_MM_ERROR_HANDLING", "y")
+os.environ.setdefault("UCXPY_PROGRESS_MODE", "blocking")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MiB = 2**20
+
+
+def _security(scheme: str):
+    import pickle
+
+    from hpcdask.security import Security, new_secret
+
+    if "HPCDASK_BENCH_SECURITY" in os.environ:
+        return pickle.loads(bytes.fromhex(os.environ["HPCDASK_BENCH_SECURITY"]))
+    sec = Security.temporary() if scheme == "tls" else Security(secret=new_secret())
+    os.environ["HPCDASK_BENCH_SECURITY"] = pickle.dumps(sec).hex()
+    return sec
+
+
+def _loop_run(coro):
+    from hpcdask.utils.loop import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+# -- receivers (child processes) --------------------------------------------------------------
+
+
+async def _hp_receiver(scheme: str) -> None:
+    from hpcdask.comm import CommClosedError, listen
+
+    done = asyncio.Event()
+
+    async def handler(comm):
+        try:
+            while True:
+                frames = await comm.read()
+                await comm.write([b"k"] if len(frames) == 1 else frames)
+        except CommClosedError:
+            done.set()
+
+    listener = await listen(f"{scheme}://127.0.0.1:0", handler, security=_security(scheme))
+    print(listener.contact_address, flush=True)
+    await done.wait()
+
+
+def _raw_tcp_receiver() -> None:
+    import numpy
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    print(f"raw://127.0.0.1:{srv.getsockname()[1]}", flush=True)
+    conn, _ = srv.accept()
+    header = bytearray(8)
+    while True:
+        got = 0
+        while got < 8:
+            n = conn.recv_into(memoryview(header)[got:])
+            if not n:
+                return
+            got += n
+        size = int.from_bytes(header, "little")
+        buf = memoryview(numpy.empty(size, dtype="u1"))
+        got = 0
+        while got < size:
+            got += conn.recv_into(buf[got:])
+        conn.sendall(b"k")
+
+
+async def _raw_ucx_receiver() -> None:
+    import numpy
+    import ucxx
+
+    done = asyncio.Event()
+
+    async def handler(ep):
+        header = numpy.empty(1, dtype="u8")
+        ack = numpy.ones(1, dtype="u1")
+        while True:
+            try:
+                await ep.recv(header)
+            except Exception:
+                break
+            size = int(header[0])
+            if size == 0:
+                break
+            await ep.recv(numpy.empty(size, dtype="u1"))
+            await ep.send(ack)
+        done.set()
+
+    ucxx.init(progress_mode=os.environ["UCXPY_PROGRESS_MODE"])
+    listener = ucxx.create_listener(handler, endpoint_error_handling=True)
+    print(f"raw-ucx://127.0.0.1:{listener.port}", flush=True)
+    await done.wait()
+
+
+# -- senders ----------------------------------------------------------------------------------
+
+
+def _spawn(kind: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--receiver", kind], stdout=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    if not line:
+        proc.wait()
+        raise RuntimeError(f"receiver for {kind} failed to start")
+    return proc, line
+
+
+async def _hp_sender(addr: str, scheme: str, sizes, reps, pingpong) -> dict:
+    import numpy
+
+    from hpcdask.comm import connect
+
+    comm = await connect(addr, security=_security(scheme), timeout=30)
+    out: dict = {}
+    for size in sizes:
+        data = numpy.ones(size, dtype="u1")
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            await comm.write([data.data])
+            await comm.read()
+            times.append(time.perf_counter() - t0)
+        out[size] = times
+    if pingpong:
+        msg = {"op": "ping", "key": "x-123", "args": [1, 2, 3]}
+        for _ in range(100):
+            await comm.send(msg)
+            await comm.recv()
+        t0 = time.perf_counter()
+        for _ in range(pingpong):
+            await comm.send(msg)
+            await comm.recv()
+        out["rtt"] = (time.perf_counter() - t0) / pingpong
+    await comm.close()
+    return out
+
+
+def _raw_tcp_sender(addr: str, sizes, reps) -> dict:
+    import numpy
+
+    host, port = addr.split("://")[1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    out: dict = {}
+    for size in sizes:
+        data = numpy.ones(size, dtype="u1")
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            sock.sendall(size.to_bytes(8, "little"))
+            sock.sendall(memoryview(data))
+            sock.recv(1)
+            times.append(time.perf_counter() - t0)
+        out[size] = times
+    sock.close()
+    return out
+
+
+async def _raw_ucx_sender(addr: str, sizes, reps) -> dict:
+    import numpy
+    import ucxx
+
+    ucxx.init(progress_mode=os.environ["UCXPY_PROGRESS_MODE"])
+    host, port = addr.split("://")[1].rsplit(":", 1)
+    ep = await ucxx.create_endpoint(host, int(port), endpoint_error_handling=True)
+    ack = numpy.empty(1, dtype="u1")
+    out: dict = {}
+    for size in sizes:
+        data = numpy.ones(size, dtype="u1")
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            await ep.send(numpy.array([size], dtype="u8"))
+            await ep.send(data)
+            await ep.recv(ack)
+            times.append(time.perf_counter() - t0)
+        out[size] = times
+    await ep.send(numpy.zeros(1, dtype="u8"))
+    await ep.close()
+    return out
+
+
+def run(kind: str, sizes, reps, pingpong) -> dict:
+    if not kind.startswith("raw"):
+        _security(kind)  # the receiver inherits it through the environment
+    proc, addr = _spawn(kind)
+    try:
+        if kind == "raw-tcp":
+            return _raw_tcp_sender(addr, sizes, reps)
+        if kind == "raw-ucx":
+            return _loop_run(_raw_ucx_sender(addr, sizes, reps))
+        return _loop_run(_hp_sender(addr, kind, sizes, reps, pingpong))
+    finally:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default="1,64,256", help="MiB, comma separated")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--transports", default="raw-tcp,tcp,tls,raw-ucx,ucx")
+    p.add_argument("--pingpong", type=int, default=2000, help="small round trips to time")
+    p.add_argument("--receiver", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.receiver:
+        if args.receiver == "raw-tcp":
+            _raw_tcp_receiver()
+        elif args.receiver == "raw-ucx":
+            _loop_run(_raw_ucx_receiver())
+        else:
+            _loop_run(_hp_receiver(args.receiver))
+        return
+    sizes = [int(float(s) * MiB) for s in args.sizes.split(",")]
+    cols = " | ".join(f"{s // MiB} MiB best / median GB/s" for s in sizes)
+    print(f"| transport | {cols} | small msg round trip |")
+    print("|---" * (len(sizes) + 2) + "|")
+    for kind in args.transports.split(","):
+        os.environ.pop("HPCDASK_BENCH_SECURITY", None)
+        try:
+            res = run(kind, sizes, args.reps, args.pingpong)
+        except Exception as e:  # e.g. ucxx not installed
+            print(f"| {kind} | skipped: {type(e).__name__}: {e} |")
+            continue
+        cells = []
+        for s in sizes:
+            t = sorted(res[s])
+            cells.append(f"{s / t[0] / 1e9:.2f} / {s / t[len(t) // 2] / 1e9:.2f}")
+        rtt = f"{res['rtt'] * 1e6:.0f} µs" if "rtt" in res else "-"
+        print(f"| {kind} | {' | '.join(cells)} | {rtt} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
