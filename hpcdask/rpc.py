@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .comm import CommClosedError, connect, listen
+from .protocol.serialize import dumps_plain
 
 logger = logging.getLogger("hpcdask.rpc")
 
@@ -70,6 +71,7 @@ class Server:
                     continue
                 op = msg.pop("op")
                 reply = msg.pop("reply", True)
+                value = None
                 handler = self.handlers.get(op)
                 if handler is None:
                     result: Any = {"status": "error", "text": f"unknown operation {op!r}"}
@@ -87,6 +89,9 @@ class Server:
                         result = {"status": "OK", "result": value}
                 if reply:
                     await comm.send(result)
+                # Drop references before waiting for the next request: a reply may hold
+                # hundreds of MiB that its sender should free now, not after the next call.
+                msg = value = result = None
         except (CommClosedError, OSError):
             pass
         finally:
@@ -185,7 +190,8 @@ class BatchedSend:
                 if not self.buffer:
                     continue
                 payload, self.buffer = self.buffer, []
-                await comm.send(payload)
+                await comm.write(dumps_plain(payload))
+                payload = None  # do not keep the last batch (and its buffers) alive
         except (CommClosedError, OSError):
             self._closed = True
         except asyncio.CancelledError:

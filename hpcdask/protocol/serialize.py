@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["Pickled", "dumps", "loads", "LARGE_BYTES"]
+__all__ = ["Pickled", "dumps", "dumps_plain", "loads", "LARGE_BYTES"]
 
 LARGE_BYTES = 64 * 1024  # bytes-likes from this size travel as frames of their own
 _OOB_MIN = 2048  # smaller pickle buffers stay in-band: a frame costs more than a copy
@@ -133,52 +133,78 @@ def _needs_cloudpickle(obj: Any) -> bool:
 def dumps(msg: Any) -> list:
     """Encode *msg* into frames: the msgpack body first, then large buffers."""
     frames: list = [b""]
-
-    def walk(obj: Any) -> Any:
-        t = type(obj)
-        if t is dict:
-            new = None
-            for k, v in obj.items():
-                w = walk(v)
-                if type(k) is tuple:
-                    if new is None:
-                        new = dict(obj)
-                    del new[k]
-                    new[msgpack.ExtType(_EXT_TUPLE_KEY, msgpack.packb(k, use_bin_type=True))] = w
-                elif w is not v:
-                    if new is None:
-                        new = dict(obj)
-                    new[k] = w
-            return obj if new is None else new
-        if t is list or t is tuple:
-            new_l = None
-            for i, v in enumerate(obj):
-                w = walk(v)
-                if w is not v:
-                    if new_l is None:
-                        new_l = list(obj)
-                    new_l[i] = w
-            return obj if new_l is None else new_l
-        if t is bytes or t is bytearray or t is memoryview:
-            if _nbytes(obj) < LARGE_BYTES:
-                return obj
-            frames.append(obj)
-            return msgpack.ExtType(_EXT_BYTES, _I.pack(len(frames) - 1))
-        if t is Pickled:
-            if not obj.buffers and _nbytes(obj.data) < LARGE_BYTES:
-                return msgpack.ExtType(_EXT_PICKLED_INLINE, bytes(obj.data))
-            start = len(frames)
-            frames.append(obj.data)
-            frames.extend(obj.buffers)
-            return msgpack.ExtType(_EXT_PICKLED_FRAMES, _II.pack(start, len(frames) - start))
-        return obj
-
-    body = walk(msg)
+    body = _walk(msg, frames)
     try:
         frames[0] = msgpack.packb(body, default=_default, use_bin_type=True)
     except TypeError as e:
         raise TypeError(f"Could not serialize message: {e}") from None
     return frames
+
+
+def dumps_plain(msg: Any) -> list:
+    """`dumps` for messages whose only special values are `Pickled` (no tuple keys, no
+    large raw bytes), like the runtime's batched streams: no Python pass over the message."""
+    frames: list = [b""]
+
+    def default(obj: Any) -> Any:
+        if type(obj) is Pickled:
+            return _pickled_ext(obj, frames)
+        return _default(obj)
+
+    try:
+        frames[0] = msgpack.packb(msg, default=default, use_bin_type=True)
+    except TypeError as e:
+        raise TypeError(f"Could not serialize message: {e}") from None
+    return frames
+
+
+def _pickled_ext(obj: Pickled, frames: list) -> msgpack.ExtType:
+    if not obj.buffers and _nbytes(obj.data) < LARGE_BYTES:
+        return msgpack.ExtType(_EXT_PICKLED_INLINE, bytes(obj.data))
+    start = len(frames)
+    frames.append(obj.data)
+    frames.extend(obj.buffers)
+    return msgpack.ExtType(_EXT_PICKLED_FRAMES, _II.pack(start, len(frames) - start))
+
+
+def _walk(obj: Any, frames: list) -> Any:
+    """Replace what msgpack cannot carry as is (large buffers, Pickled, tuple keys).
+
+    A module-level function, not a closure: a closure that calls itself is a reference
+    cycle, which kept every message's buffers alive until the cyclic GC ran.
+    """
+    t = type(obj)
+    if t is dict:
+        new = None
+        for k, v in obj.items():
+            w = _walk(v, frames)
+            if type(k) is tuple:
+                if new is None:
+                    new = dict(obj)
+                del new[k]
+                new[msgpack.ExtType(_EXT_TUPLE_KEY, msgpack.packb(k, use_bin_type=True))] = w
+            elif w is not v:
+                if new is None:
+                    new = dict(obj)
+                new[k] = w
+        return obj if new is None else new
+    if t is list or t is tuple:
+        new_l = None
+        for i, v in enumerate(obj):
+            w = _walk(v, frames)
+            if w is not v:
+                if new_l is None:
+                    new_l = list(obj)
+                new_l[i] = w
+        return obj if new_l is None else new_l
+    if t is bytes or t is bytearray or t is memoryview:
+        if _nbytes(obj) < LARGE_BYTES:
+            return obj
+        frames.append(obj)
+        return msgpack.ExtType(_EXT_BYTES, _I.pack(len(frames) - 1))
+    if t is Pickled:
+        return _pickled_ext(obj, frames)
+    return obj
 
 
 def _default(obj: Any) -> Any:

@@ -61,6 +61,7 @@ class Scheduler(Server):
         self.inproc_address: str | None = None
         self._want_inproc = inproc and not self.listen_address.startswith("inproc")
         self._inline: dict[str, Any] = {}
+        self._fid_intern: dict[str, str] = {}
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict] = {}
@@ -239,6 +240,7 @@ class Scheduler(Server):
             while True:
                 batch = await comm.recv()
                 self._worker_batch(addr, batch)
+                batch = None  # not kept alive while waiting for the next one
         except OSError:
             pass
         except asyncio.CancelledError:
@@ -305,6 +307,7 @@ class Scheduler(Server):
                 for m in batch:
                     if self._client_msg(client, m) is False:
                         return Server.STREAM
+                batch = m = None  # a graph message must not outlive its processing
         except OSError:
             pass
         finally:
@@ -322,8 +325,10 @@ class Scheduler(Server):
             if funcs:
                 self.funcs.update(funcs)
             tasks = []
+            fids = self._fid_intern  # one string per function, not one per task
             for t in msg["tasks"]:
                 key, func, args, deps, prio, retries, workers, resources, loose = t
+                func = fids.setdefault(func, func)
                 tasks.append(ev.NewTask(key, func, args, deps or (), prio or 0, retries or 0,
                                         workers, resources, loose))  # fmt: skip
             self.apply(ev.UpdateGraph(client, tasks, msg.get("wanted", [])))

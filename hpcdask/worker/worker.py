@@ -271,6 +271,7 @@ class Worker(Server):
                         return
                 if events:
                     self._handle(*events)
+                batch = events = msg = None
         except (OSError, asyncio.CancelledError):
             pass
         finally:
