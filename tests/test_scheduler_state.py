@@ -6,7 +6,6 @@ invariants (queued/no-worker bookkeeping, occupancy, inputs of processing tasks 
 
 from __future__ import annotations
 
-import heapq
 import random
 
 import pytest
@@ -46,7 +45,7 @@ MB = 2**20
 def check(s: SchedulerState, *, deps_in_memory: bool = True) -> None:
     """`validate()` plus invariants that tie the queues and workers to task states."""
     s.validate()
-    in_heap = {entry[-1] for entry in s.queued}
+    in_heap = set(s.queued)
     for ts in s.tasks.values():
         if ts.state == "queued":
             assert ts in in_heap, ts
@@ -444,8 +443,7 @@ def test_no_workers_at_all_queues_root_tasks_and_unrunnable_dependents():
 
 
 def queued_order(s: SchedulerState) -> list[str]:
-    entries = heapq.nsmallest(len(s.queued), s.queued, key=lambda e: e[0])
-    return [e[-1].key for e in entries if e[-1].state == "queued"]
+    return [ts.key for ts in s.queued if ts.state == "queued"]
 
 
 def test_user_priority_first_then_submission_order_in_the_queue():

@@ -28,6 +28,7 @@ from .future import Future, FutureState
 logger = logging.getLogger("hpcdask.client")
 
 _default_client: Client | None = None
+GRAPH_CHUNK = 1000  # tasks per update-graph message
 
 _SUBMIT_OPTIONS = ("workers", "resources", "retries", "priority", "allow_other_workers",
                    "fifo_timeout", "actor", "actors")  # fmt: skip
@@ -305,9 +306,20 @@ class Client:
                 bool(opts.get("allow_other_workers"))]  # fmt: skip
 
     def _send_graph(self, tasks: list, funcs: dict, wanted: list[str]) -> None:
-        """Send tasks; the caller holds Futures for `wanted` first so no report is missed."""
+        """Send tasks; the caller holds Futures for `wanted` first so no report is missed.
+
+        Large graphs go in chunks (dependencies first, as given), so that neither side ever
+        holds one huge decoded message: the scheduler's memory stays that of its tasks.
+        """
         self._funcs_sent.update(funcs)
-        self._send({"op": "update-graph", "tasks": tasks, "funcs": funcs, "wanted": wanted})
+        if len(tasks) <= GRAPH_CHUNK:
+            self._send({"op": "update-graph", "tasks": tasks, "funcs": funcs, "wanted": wanted})
+            return
+        wanted_set = set(wanted)
+        for i in range(0, len(tasks), GRAPH_CHUNK):
+            chunk = tasks[i : i + GRAPH_CHUNK]
+            self._send({"op": "update-graph", "tasks": chunk, "funcs": funcs if i == 0 else {},
+                        "wanted": [t[0] for t in chunk if t[0] in wanted_set]})  # fmt: skip
 
     def submit(self, func: Callable, *args: Any, key: str | None = None, pure: bool = True,
                **kwargs: Any) -> Future:  # fmt: skip

@@ -13,7 +13,6 @@ of them, so that chains stay local.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Any
 
 from . import placement
 from .exceptions import KilledWorker
+from .ready_queue import ReadyQueue
 from .scheduler_events import (
     AddClient,
     AddWorker,
@@ -141,11 +141,20 @@ class WorkerState:
 
 
 class ClientState:
-    __slots__ = ("id", "wants_what")
+    """A client. What it wants is recorded on the tasks only: a set per client would add
+    ~40 bytes to every pending task, and is needed only when a client leaves."""
 
-    def __init__(self, client_id: str) -> None:
+    __slots__ = ("id", "_tasks")
+
+    def __init__(self, client_id: str, tasks: dict | None = None) -> None:
         self.id = client_id
-        self.wants_what: set[TaskState] = set()
+        self._tasks = tasks if tasks is not None else {}
+
+    @property
+    def wants_what(self) -> set[TaskState]:
+        cid = self.id
+        return {ts for ts in self._tasks.values() if ts._wants is not None
+                and (ts._wants == cid if type(ts._wants) is str else cid in ts._wants)}  # fmt: skip
 
 
 class SchedulerState:
@@ -157,13 +166,15 @@ class SchedulerState:
         killed_worker_limit: int = 3,
         buffer_seconds: float = 0.01,
         default_duration: float = 0.0005,
-        log_length: int = 50_000,
+        log_length: int = 20_000,
     ) -> None:
         self.tasks: dict[str, TaskState] = {}
+        self.clients: dict[str, ClientState] = {
+            FIRE_AND_FORGET: ClientState(FIRE_AND_FORGET, self.tasks)
+        }
         self.workers: dict[str, WorkerState] = {}
         self.aliases: dict[str, str] = {}
-        self.clients: dict[str, ClientState] = {FIRE_AND_FORGET: ClientState(FIRE_AND_FORGET)}
-        self.queued: list[tuple[int, TaskState]] = []  # priorities are unique: no ties
+        self.queued = ReadyQueue()  # may hold stale entries (state no longer queued)
         self.unrunnable: set[TaskState] = set()
         self.idle: set[WorkerState] = set()
         self.durations: dict[Any, float] = {}
@@ -302,7 +313,7 @@ class SchedulerState:
             ws = min(self.idle, key=_load, default=None)
             if ws is None:
                 ts.state = "queued"
-                heapq.heappush(self.queued, (ts.priority, ts))
+                self.queued.push(ts)
                 return
         else:
             ws = placement.decide_worker(ts, self.workers, self.idle)
@@ -411,10 +422,6 @@ class SchedulerState:
                 self._rec(dts, "forgotten")
             elif dts.state == "memory" and not self._needed(dts):
                 self._rec(dts, "released")
-        for client in _clients(ts):
-            cs = self.clients.get(client)
-            if cs is not None:
-                cs.wants_what.discard(ts)
         ts._wants = None
 
     def _drop_from_dependencies(self, ts: TaskState) -> None:
@@ -505,7 +512,7 @@ class SchedulerState:
             return
         cap = self._cap(ws)
         while queued and len(ws.processing) < cap:
-            ts = heapq.heappop(queued)[1]
+            ts = queued.pop()
             if ts.state == "queued":
                 self._transition_to_worker(ts, ws)
 
@@ -535,14 +542,10 @@ class SchedulerState:
                     ts._wants = next(iter(w))
                 elif not w:
                     ts._wants = None
-        cs = self.clients.get(client)
-        if cs is not None:
-            cs.wants_what.discard(ts)
 
     def _want(self, ts: TaskState, client: str) -> None:
-        cs = self.clients.get(client)
-        if cs is None:
-            cs = self.clients[client] = ClientState(client)
+        if client not in self.clients:
+            self.clients[client] = ClientState(client, self.tasks)
         w = ts._wants
         if w is None:
             ts._wants = client
@@ -551,7 +554,6 @@ class SchedulerState:
                 ts._wants = {w, client}
         else:
             w.add(client)
-        cs.wants_what.add(ts)
 
     # ------------------------------------------------------------ event handlers
 
@@ -626,7 +628,8 @@ class SchedulerState:
         self._run_transitions()
 
     def _add_client(self, ev: AddClient) -> None:
-        self.clients.setdefault(ev.client, ClientState(ev.client))
+        if ev.client not in self.clients:
+            self.clients[ev.client] = ClientState(ev.client, self.tasks)
 
     def _remove_client(self, ev: RemoveClient) -> None:
         cs = self.clients.pop(ev.client, None)
