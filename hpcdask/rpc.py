@@ -27,7 +27,26 @@ class RemoteError(RuntimeError):
 Handler = Callable[..., Awaitable[Any]]
 
 
-class Server:
+class AsyncLifecycle:
+    """`await server`, `async with server`: start, and close at the end."""
+
+    async def start(self) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def __await__(self):
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class Server(AsyncLifecycle):
     """Serves `handlers[op](comm, msg)`; a handler that returns `STREAM` keeps the comm."""
 
     STREAM = object()

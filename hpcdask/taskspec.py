@@ -38,7 +38,9 @@ def _ref_key(obj: Any) -> str | None:
     return key if isinstance(key, str) else None
 
 
-class _ArgsPickler(pickle.Pickler):
+class _RefsMixin:
+    """Pickle futures and KeyRefs as persistent ids, collecting their keys as dependencies."""
+
     def __init__(self, file: io.BytesIO, buffers: list, deps: list) -> None:
         super().__init__(file, protocol=5, buffer_callback=buffers.append)
         self.deps = deps
@@ -50,16 +52,12 @@ class _ArgsPickler(pickle.Pickler):
         return key
 
 
-class _CloudArgsPickler(cloudpickle.Pickler):
-    def __init__(self, file: io.BytesIO, buffers: list, deps: list) -> None:
-        super().__init__(file, protocol=5, buffer_callback=buffers.append)
-        self.deps = deps
+class _ArgsPickler(_RefsMixin, pickle.Pickler):
+    pass
 
-    def persistent_id(self, obj: Any) -> str | None:
-        key = _ref_key(obj)
-        if key is not None:
-            self.deps.append(key)
-        return key
+
+class _CloudArgsPickler(_RefsMixin, cloudpickle.Pickler):
+    pass
 
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})

@@ -21,7 +21,7 @@ from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
 from ..taskspec import FunctionCache, dumps_args, execute_graph_task
-from ..utils.loop import get_loop_thread
+from ..utils.loop import SyncAsync, get_loop_thread
 from . import graph as graphs
 from .future import Future, FutureState
 
@@ -53,7 +53,7 @@ def _workers_list(workers: Any) -> list | None:
     return [normalize_address(w) if isinstance(w, str) and ":" in w else w for w in workers]
 
 
-class Client:
+class Client(SyncAsync):
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -122,43 +122,14 @@ class Client:
 
     # ------------------------------------------------------------ sync/async plumbing
 
-    def _in_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
-
     def _sync(self, func: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        if self.asynchronous or self._in_loop():
-            return func(*args, **kwargs)
-        return get_loop_thread().run_sync(func(*args, **kwargs))
+        return super()._sync(func, *args, **kwargs)
 
     def _call_in_loop(self, func: Callable, *args: Any) -> None:
         if self._in_loop():
             func(*args)
         else:
             self.loop.call_soon_threadsafe(func, *args)
-
-    def __await__(self):
-        async def start() -> Client:
-            await self._start()
-            return self
-
-        return start().__await__()
-
-    async def __aenter__(self) -> Client:
-        if self.status != "running":
-            await self._start()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     async def _start(self) -> None:
         if self.status == "running":

@@ -15,11 +15,11 @@ from typing import Any
 
 from ..scheduler import Scheduler
 from ..security import Security, new_secret
-from ..utils.loop import get_loop_thread
+from ..utils.loop import SyncAsync
 from ..utils.sizes import format_bytes
 
 
-class Cluster:
+class Cluster(SyncAsync):
     def __init__(self, asynchronous: bool = False, security: Security | None = None,
                  scheduler_options: dict | None = None, name: str | None = None) -> None:  # fmt: skip
         self._asynchronous = asynchronous
@@ -43,41 +43,10 @@ class Cluster:
     def asynchronous(self) -> bool:
         return self._asynchronous
 
-    def _in_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
-
-    def _sync(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._asynchronous or self._in_loop():
-            return func(*args, **kwargs)
-        return get_loop_thread().run_sync(func(*args, **kwargs))
-
     def _begin(self) -> None:
         """Subclasses call this at the end of __init__ to start a synchronous cluster."""
         if not self._asynchronous:
             self._sync(self._start)
-
-    def __await__(self):
-        async def start() -> Cluster:
-            await self._start()
-            return self
-
-        return start().__await__()
-
-    async def __aenter__(self) -> Cluster:
-        await self._start()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._close()
-
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ------------------------------------------------------------ lifecycle
 

@@ -100,15 +100,6 @@ class Scheduler(Server):
 
     # ------------------------------------------------------------ lifecycle
 
-    def __await__(self):
-        return self.start().__await__()
-
-    async def __aenter__(self) -> Scheduler:
-        return await self.start()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
     async def start(self) -> Scheduler:
         if self.status == "running":
             return self

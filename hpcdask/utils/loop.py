@@ -80,3 +80,44 @@ def in_loop_thread() -> bool:
 def _shutdown() -> None:  # pragma: no cover - interpreter exit
     if _loop_thread is not None:
         _loop_thread.stop()
+
+
+class SyncAsync:
+    """Methods that block in synchronous objects and return awaitables in asynchronous ones.
+
+    Subclasses set `asynchronous`, `loop`, and define `_start()`, `_close()` and `close()`.
+    """
+
+    asynchronous: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def _in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _sync(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        if self.asynchronous or self._in_loop():
+            return func(*args, **kwargs)
+        return get_loop_thread().run_sync(func(*args, **kwargs))
+
+    def __await__(self):
+        async def start() -> Any:
+            await self._start()
+            return self
+
+        return start().__await__()
+
+    async def __aenter__(self) -> Any:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

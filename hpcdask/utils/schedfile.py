@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from typing import Any
 
 
 def read_scheduler_file(path: str) -> tuple[str, bytes | None]:
@@ -33,3 +34,23 @@ def read_scheduler_file(path: str) -> tuple[str, bytes | None]:
     if "address" not in info:
         raise ValueError(f"scheduler file {path} has no 'address' entry")
     return info["address"], bytes.fromhex(secret) if secret else None
+
+
+def resolve_scheduler(address: str | None, scheduler_file: str | None, security: Any,
+                      who: str) -> tuple[str, Any]:  # fmt: skip
+    """(normalized scheduler address, Security holding the cluster secret) for a worker or
+    nanny, from an address or a scheduler file, an explicit Security, config or secret files."""
+    from ..comm import normalize_address
+    from ..security import Security, resolve_secret
+
+    if scheduler_file:
+        address, secret = read_scheduler_file(scheduler_file)
+        if security is None or not security.secret:
+            security = Security(secret=secret)
+    if not address:
+        raise ValueError(f"{who} needs a scheduler address (or scheduler_file=)")
+    address = normalize_address(address)
+    security = security or Security()
+    if not security.secret:
+        security.secret = resolve_secret(address, security)
+    return address, security

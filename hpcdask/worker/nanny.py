@@ -17,9 +17,9 @@ from typing import Any
 
 import psutil
 
-from ..comm import normalize_address
-from ..rpc import ConnectionPool
-from ..security import Security, resolve_secret
+from ..rpc import AsyncLifecycle, ConnectionPool
+from ..security import Security
+from ..utils.schedfile import resolve_scheduler
 from .worker import EXIT_RESTART, EXIT_SCHEDULER_GONE, parse_memory_limit
 
 logger = logging.getLogger("hpcdask.nanny")
@@ -28,7 +28,7 @@ MEMORY_TERMINATE_FRACTION = 0.95
 MAX_FAST_FAILURES = 3  # deaths before registering, in a row, before the nanny gives up
 
 
-class Nanny:
+class Nanny(AsyncLifecycle):
     def __init__(
         self,
         scheduler_address: str | None = None,
@@ -46,18 +46,9 @@ class Nanny:
         unknown = set(worker_kwargs) - allowed
         if unknown:
             raise TypeError(f"Nanny() got unexpected keyword arguments {sorted(unknown)}")
-        if scheduler_file:
-            from ..utils.schedfile import read_scheduler_file
-
-            scheduler_address, secret = read_scheduler_file(scheduler_file)
-            if security is None or not security.secret:
-                security = Security(secret=secret)
-        if not scheduler_address:
-            raise ValueError("Nanny needs a scheduler address (or scheduler_file=)")
-        self.scheduler_address = normalize_address(scheduler_address)
-        self.security = security or Security()
-        if not self.security.secret:
-            self.security.secret = resolve_secret(self.scheduler_address, self.security)
+        self.scheduler_address, self.security = resolve_scheduler(
+            scheduler_address, scheduler_file, security, "Nanny"
+        )
         self.nthreads = int(nthreads or os.cpu_count() or 1)
         self.name = name
         self.memory_limit = parse_memory_limit(memory_limit, 1)
@@ -75,15 +66,6 @@ class Nanny:
     @property
     def address(self) -> str:
         return self.worker_address
-
-    def __await__(self):
-        return self.start().__await__()
-
-    async def __aenter__(self) -> Nanny:
-        return await self.start()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         return f"<Nanny worker={self.worker_address or '-'} {self.status}>"

@@ -22,13 +22,14 @@ from typing import Any
 import psutil
 
 from .. import config
-from ..comm import address_from, normalize_address
+from ..comm import address_from
 from ..core import worker_state as ws
 from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, Server
-from ..security import Security, resolve_secret
+from ..security import Security
 from ..taskspec import loads_args
 from ..utils.logs import LogBuffer
+from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
 
 logger = logging.getLogger("hpcdask.worker")
@@ -79,19 +80,9 @@ class Worker(Server):
     ) -> None:
         if kwargs:
             raise TypeError(f"Worker() got unexpected keyword arguments {sorted(kwargs)}")
-        if scheduler_file:
-            from ..utils.schedfile import read_scheduler_file
-
-            scheduler_address, secret = read_scheduler_file(scheduler_file)
-            if security is None or not security.secret:
-                security = Security(secret=secret)
-        if not scheduler_address:
-            raise ValueError("Worker needs a scheduler address (or scheduler_file=)")
-        self.scheduler_address = normalize_address(scheduler_address)
-        if security is None:
-            security = Security()
-        if not security.secret:
-            security.secret = resolve_secret(self.scheduler_address, security)
+        self.scheduler_address, security = resolve_scheduler(
+            scheduler_address, scheduler_file, security, "Worker"
+        )
         super().__init__(security=security)
         self.nthreads = int(nthreads or os.cpu_count() or 1)
         self.name = name
@@ -140,15 +131,6 @@ class Worker(Server):
         })  # fmt: skip
 
     # ------------------------------------------------------------ lifecycle
-
-    def __await__(self):
-        return self.start().__await__()
-
-    async def __aenter__(self) -> Worker:
-        return await self.start()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or self.listen_address} {self.status} nthreads={self.nthreads}>"
