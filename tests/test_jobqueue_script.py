@@ -160,3 +160,11 @@ def test_template_dir_from_config(home, monkeypatch, tmp_path):
     (tmp_path / "pbs.sh.j2").write_text("mine {{ job_cpu }}\n")
     monkeypatch.setenv("HPCDASK_JOBQUEUE__TEMPLATE_DIR", str(tmp_path))
     assert js.job_script("pbs", cores=2, memory="1GB") == "mine 2\n"
+
+
+def test_protocol_reaches_workers_and_scheduler():
+    from hpcdask.jobqueue import SLURMCluster
+
+    cluster = SLURMCluster(cores=2, memory="1GB", protocol="tls", asynchronous=True)
+    assert "--protocol tls" in cluster.job_script()
+    assert cluster.scheduler_options["protocol"] == "tls"

@@ -99,6 +99,8 @@ class JobQueueCluster(Cluster):
         sched = dict(self._opts.get("scheduler_options") or {})
         if not {"interface", "host"} & set(sched) and self._opts.get("interface"):
             sched["interface"] = self._opts["interface"]  # scheduler_options may pick another
+        if "protocol" not in sched and self._opts.get("protocol"):
+            sched["protocol"] = self._opts["protocol"]
         super().__init__(asynchronous=asynchronous, security=security, scheduler_options=sched)
         self.processes: int = self._ctx["processes"]
         self.batch = self.batch_class(self._opts.get("submit_command_extra"))
