@@ -24,6 +24,16 @@ from ..taskspec import FunctionCache, dumps_args, execute_graph_task
 from ..utils.loop import SyncAsync, get_loop_thread
 from . import graph as graphs
 from .future import Future, FutureState
+from .operations import ClusterOperations
+from .structures import (
+    _SKIP,
+    _all_done,
+    _collect,
+    _done_awaitable,
+    _identity,
+    _rebuild,
+    _workers_list,
+)
 
 logger = logging.getLogger("hpcdask.client")
 
@@ -45,15 +55,7 @@ def _func_name(func: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-def _workers_list(workers: Any) -> list | None:
-    if workers is None:
-        return None
-    if isinstance(workers, str):
-        return [workers]
-    return [normalize_address(w) if isinstance(w, str) and ":" in w else w for w in workers]
-
-
-class Client(SyncAsync):
+class Client(ClusterOperations, SyncAsync):
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -511,95 +513,6 @@ class Client(SyncAsync):
         _collect(futures, flat)
         self._send({"op": "fire-and-forget", "keys": [f.key for f in flat]})
 
-    # ------------------------------------------------------------ cluster-wide operations
-
-    def _rpc(self, op: str, **kwargs: Any) -> Any:
-        return self._sync(self.pool.call, self.scheduler_address, op, **kwargs)
-
-    def scheduler_info(self, **kwargs: Any) -> Any:
-        return self._rpc("identity")
-
-    def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
-        flat: list[Future] = []
-        _collect(futures if futures is not None else [], flat)
-        return self._rpc("who-has", keys=[f.key for f in flat])
-
-    def story(self, *keys: Any) -> Any:
-        return self._rpc("story", keys=[k.key if isinstance(k, Future) else k for k in keys])
-
-    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
-        if not isinstance(n_workers, int) or n_workers < 0:
-            raise ValueError(f"n_workers must be a non-negative integer, not {n_workers!r}")
-        return self._sync(self._wait_for_workers, n_workers, timeout)
-
-    async def _wait_for_workers(self, n: int, timeout: float | None) -> None:
-        cluster = self.cluster
-        check = getattr(cluster, "_check_failures", None)
-        if check is None:
-            await self.pool.call(self.scheduler_address, "wait-for-workers", n=n, timeout=timeout)
-            return
-        # A cluster that submits jobs can tell why workers will never come; ask it as we wait.
-        await cluster._wait_for_workers(n, timeout)
-
-    def run(self, function: Callable, *args: Any, workers: Any = None, wait: bool = True,
-            nanny: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:  # fmt: skip
-        """`function(*args, **kwargs)` on every (or the given) worker: `{address: result}`."""
-        return self._sync(self._run, function, args, kwargs, workers, nanny, on_error)
-
-    async def _run(self, function: Callable, args: tuple, kwargs: dict, workers: Any,
-                   nanny: bool, on_error: str) -> dict:  # fmt: skip
-        payload = {"function": Pickled.dumps(function), "args": Pickled.dumps(args),
-                   "kwargs": Pickled.dumps(kwargs)}  # fmt: skip
-        replies = await self.pool.call(self.scheduler_address, "broadcast", msg_op="run",
-                                       payload=payload, workers=_workers_list(workers),
-                                       nanny=nanny)  # fmt: skip
-        out = {}
-        for addr, reply in replies.items():
-            if reply.get("status") == "OK":
-                out[addr] = reply["result"].loads()
-            elif on_error == "raise":
-                exc = reply.get("exception")
-                raise exc.loads() if exc is not None else RuntimeError(reply.get("text"))
-            elif on_error == "return":
-                exc = reply.get("exception")
-                out[addr] = exc.loads() if exc is not None else RuntimeError(reply.get("text"))
-        return out
-
-    def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self._sync(self._run_on_scheduler, function, args, kwargs)
-
-    async def _run_on_scheduler(self, function: Callable, args: tuple, kwargs: dict) -> Any:
-        reply = await self.pool.call(self.scheduler_address, "run-on-scheduler",
-                                     function=Pickled.dumps(function), args=Pickled.dumps(args),
-                                     kwargs=Pickled.dumps(kwargs))  # fmt: skip
-        if reply.get("status") != "OK":
-            exc = reply.get("exception")
-            raise exc.loads() if exc is not None else RuntimeError(reply.get("text"))
-        return reply["result"].loads()
-
-    def register_plugin(self, plugin: Any, name: str | None = None, idempotent: bool = False) -> Any:
-        """Install a WorkerPlugin on every worker (and later ones) or a SchedulerPlugin."""
-        name = name or getattr(plugin, "name", None) or f"{type(plugin).__name__}-{uuid.uuid4().hex[:8]}"
-        from ..plugins import SchedulerPlugin, WorkerPlugin
-
-        if isinstance(plugin, SchedulerPlugin) or (
-            not isinstance(plugin, WorkerPlugin) and hasattr(plugin, "start")
-        ):
-            return self._rpc("register-scheduler-plugin", plugin=Pickled.dumps(plugin), name=name)
-        return self._rpc("register-worker-plugin", plugin=Pickled.dumps(plugin), name=name)
-
-    register_worker_plugin = register_plugin
-
-    def restart(self, timeout: float = 60, wait_for_workers: bool = True) -> Any:
-        """Restart every worker (through its nanny) and forget all tasks."""
-        return self._rpc("restart", timeout=timeout)
-
-    def retire_workers(self, workers: list | None = None, close_workers: bool = True) -> Any:
-        return self._rpc("retire-workers", workers=_workers_list(workers), close=close_workers)
-
-    def get_scheduler_logs(self, n: int | None = None) -> Any:
-        return self._rpc("get-logs", n=n)
-
     def shutdown(self) -> Any:
         """Stop the scheduler and all workers, then close this client."""
         return self._sync(self._shutdown)
@@ -670,26 +583,6 @@ class Client(SyncAsync):
         return f"<pre>{self!r}</pre>".replace("<Client", "&lt;Client").replace(">", "&gt;", 1)
 
 
-async def _all_done(states: list[FutureState]) -> None:
-    """Wait for many futures with one asyncio future, not one coroutine each."""
-    pending = [st for st in states if not st.done()]
-    if not pending:
-        return
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    remaining = len(pending)
-
-    def one_done() -> None:
-        nonlocal remaining
-        remaining -= 1
-        if remaining == 0 and not done.done():
-            done.set_result(None)
-
-    for st in pending:
-        st.on_done(one_done)
-    await done
-
-
 async def _raise_if_unreachable(address: str, timeout: float) -> None:
     """Without a secret we cannot talk to the scheduler, but if nothing listens there at all,
     saying so is the more useful error."""
@@ -704,50 +597,3 @@ async def _raise_if_unreachable(address: str, timeout: float) -> None:
     except OSError:
         raise
     comm.abort()
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-class _Skip:
-    pass
-
-
-_SKIP = _Skip()
-
-
-def _collect(obj: Any, out: list) -> None:
-    if isinstance(obj, Future):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for x in obj:
-            _collect(x, out)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            _collect(x, out)
-    elif hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes)):
-        for x in obj:
-            _collect(x, out)
-
-
-def _rebuild(obj: Any, results: dict, errors: str) -> Any:
-    if isinstance(obj, Future):
-        return results[obj.key]
-    if isinstance(obj, (list, tuple)):
-        items = [_rebuild(x, results, errors) for x in obj]
-        if errors == "skip":
-            items = [x for x in items if x is not _SKIP]
-        return type(obj)(items) if isinstance(obj, tuple) else items
-    if isinstance(obj, dict):
-        out = {k: _rebuild(v, results, errors) for k, v in obj.items()}
-        return {k: v for k, v in out.items() if v is not _SKIP}
-    return obj
-
-
-async def _noop() -> None:
-    return None
-
-
-def _done_awaitable() -> Any:
-    return _noop()

@@ -1,0 +1,347 @@
+"""How each event changes the scheduler's state: the `SchedulerState` methods that handle
+events, kept apart from the transition table they drive (`scheduler_state.py`)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from . import placement
+from .exceptions import KilledWorker
+from .scheduler_events import (
+    AddClient,
+    AddWorker,
+    CancelKeys,
+    DataAdded,
+    MissingData,
+    ReleaseKeys,
+    RemoveClient,
+    RemoveWorker,
+    ReportToClient,
+    RetryKeys,
+    TaskErred,
+    TaskFinished,
+    UpdateGraph,
+    WantKeys,
+    WorkerReleasedKey,
+)
+from .task_state import FIRE_AND_FORGET, ClientState, TaskState, WorkerState, _clients, _priority
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scheduler_state import SchedulerState
+
+    _Base = SchedulerState
+else:
+    _Base = object
+
+
+class EventHandlers(_Base):
+    # ------------------------------------------------------------ event handlers
+
+    def _update_graph(self, ev: UpdateGraph) -> None:
+        tasks = self.tasks
+        new: list[TaskState] = []
+        new_set: set[TaskState] = set()
+        for nt in ev.tasks:
+            if nt.key in tasks:
+                continue
+            prio = -nt.priority * (1 << 48) + self._next_seq()
+            ts = TaskState(nt.key, nt.func, nt.args, prio)
+            ts.retries = nt.retries
+            if nt.workers:
+                ts.worker_restrictions = set(nt.workers)
+            if nt.resources:
+                ts.resources = dict(nt.resources)
+            ts.loose_restrictions = bool(nt.allow_other_workers)
+            tasks[nt.key] = ts
+            new.append(ts)
+            new_set.add(ts)
+            if nt.dependencies:
+                deps = []
+                for dkey in nt.dependencies:
+                    dts = tasks.get(dkey)
+                    if dts is None:
+                        ts.exception = LookupError(
+                            f"Task {nt.key!r} depends on {dkey!r}, which the scheduler does not "
+                            "know: its future was released or cancelled before this task arrived"
+                        )
+                        ts.exception_text = str(ts.exception)
+                        continue
+                    deps.append(dts)
+                    if dts.dependents is None:
+                        dts.dependents = set()
+                    dts.dependents.add(ts)
+                ts.dependencies = deps
+        for key in ev.wanted:
+            ts = tasks.get(key)
+            if ts is None:
+                continue
+            if ts in new_set:
+                self._want(ts, ev.client)  # transitioned below, in priority order
+            else:
+                self._add_wanter(ts, ev.client)
+        # Higher user priority first, then submission order: the order idle workers get them.
+        for ts in sorted(new, key=_priority):
+            if ts.exception is not None:
+                self._rec(ts, "erred")
+            elif ts.state == "released" and (self._needed(ts) or ts.dependents):
+                self._rec(ts, "waiting")
+            self._run_transitions()
+        for ts in new:  # a task nobody wants and nothing depends on is dropped at once
+            if ts.state in ("released", "erred") and not ts.dependents and not self._needed(ts):
+                self._rec(ts, "forgotten")
+
+    def _add_wanter(self, ts: TaskState, client: str) -> None:
+        """A client holds a future for `ts`: tell it what is known, compute it if need be."""
+        self._want(ts, client)
+        if ts.state == "memory":
+            self._out.append(ReportToClient(client, {
+                "op": "key-in-memory", "key": ts.key, "type": ts.typename,
+                "workers": [w.address for w in ts.who_has]}))  # fmt: skip
+            if client == FIRE_AND_FORGET:
+                self._unwant(ts, FIRE_AND_FORGET)
+        elif ts.state == "erred":
+            self._report_erred(ts, only=client)
+            if client == FIRE_AND_FORGET:
+                self._unwant(ts, FIRE_AND_FORGET)
+        elif ts.state == "released":
+            self._rec(ts, "waiting")
+        self._run_transitions()
+
+    def _add_client(self, ev: AddClient) -> None:
+        if ev.client not in self.clients:
+            self.clients[ev.client] = ClientState(ev.client, self.tasks)
+
+    def _remove_client(self, ev: RemoveClient) -> None:
+        cs = self.clients.pop(ev.client, None)
+        if cs is None:
+            return
+        keys = [ts.key for ts in cs.wants_what]
+        self.clients[ev.client] = cs
+        self._release_keys(ReleaseKeys(ev.client, keys))
+        self.clients.pop(ev.client, None)
+
+    def _release_keys(self, ev: ReleaseKeys) -> None:
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            self._unwant(ts, ev.client)
+            if not self._needed(ts):
+                self._rec(ts, "forgotten" if not ts.dependents else "released")
+            self._run_transitions()
+
+    def _want_keys(self, ev: WantKeys) -> None:
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                self._add_wanter(ts, ev.client)
+
+    def _cancel_keys(self, ev: CancelKeys) -> None:
+        # Dependents are cancelled with their inputs; forget them dependents-first.
+        order: list[TaskState] = []
+        seen: set[TaskState] = set()
+        stack = [self.tasks[k] for k in ev.keys if k in self.tasks]
+        while stack:
+            ts = stack.pop()
+            if ts in seen:
+                continue
+            seen.add(ts)
+            order.append(ts)
+            stack.extend(ts.dependents or ())
+        for ts in reversed(order):
+            msg = {"op": "cancelled", "key": ts.key, "reason": ev.reason}
+            for client in _clients(ts):
+                if client != FIRE_AND_FORGET:
+                    self._out.append(ReportToClient(client, msg))
+                self._unwant(ts, client)
+            ts.waiters = None
+            self._rec(ts, "forgotten" if not ts.dependents else "released")
+            self._run_transitions()
+
+    def _retry_keys(self, ev: RetryKeys) -> None:
+        roots: list[TaskState] = []
+        stack = [self.tasks[k] for k in ev.keys if k in self.tasks]
+        seen: set[TaskState] = set()
+        while stack:
+            ts = stack.pop()
+            if ts in seen or ts.state != "erred":
+                continue
+            seen.add(ts)
+            roots.append(ts)
+            stack.extend(ts.dependencies or ())
+        for ts in roots:
+            self._rec(ts, "released")
+        self._run_transitions()
+
+    def _add_worker(self, ev: AddWorker) -> None:
+        if ev.address in self.workers:
+            return
+        ws = WorkerState(ev.address, ev.nthreads, ev.name, ev.memory_limit, ev.resources, ev.host)
+        self.workers[ev.address] = ws
+        if ev.name is not None:
+            self.aliases[str(ev.name)] = ev.address
+        for key, nbytes in (ev.keys or {}).items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state in ("memory", "released", "waiting", "queued", "no-worker"):
+                self._data_added(DataAdded(ev.address, {key: nbytes}))
+            else:
+                self._free_on(ws, key)
+        self._update_idle(ws)
+        for ts in sorted(self.unrunnable, key=lambda t: t.priority):
+            if placement.satisfies(ts, ws) or ts.loose_restrictions:
+                self._transition(ts, "processing")
+        self._fill(ws)
+
+    def _remove_worker(self, ev: RemoveWorker) -> None:
+        ws = self.workers.pop(ev.address, None)
+        if ws is None:
+            return
+        ws.status = "closed"
+        self.idle.discard(ws)
+        if self.aliases.get(str(ws.name)) == ws.address:
+            del self.aliases[str(ws.name)]
+        self._stim = f"remove-worker {ev.reason}".strip()
+        # Lost data first, so that rescheduled tasks see which inputs must be recomputed.
+        for ts in list(ws.has_what):
+            ws.has_what.discard(ts)
+            if ts.who_has is not None:
+                ts.who_has.discard(ws)
+                if not ts.who_has:
+                    ts.who_has = None
+                    self._rec(ts, "released")
+                    self._run_transitions()
+        for ts in list(ws.processing):
+            if ts.state != "processing" or ts.processing_on is not ws:
+                continue
+            if not ev.safe:
+                ts.suspicious += 1
+                if ts.suspicious >= self.killed_worker_limit:
+                    ts.exception = KilledWorker(ts.key, ws.address, ts.suspicious)
+                    ts.exception_text = str(ts.exception)
+                    ts.exception_blame = ts
+                    self._rec(ts, "erred")
+                    self._run_transitions()
+                    continue
+            self._rec(ts, "released")
+            self._run_transitions()
+
+    def _task_finished(self, ev: TaskFinished) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ws is None:
+            return
+        if ts is None or ts.state != "processing" or ts.processing_on is not ws:
+            if ts is not None and ts.state == "memory" and ws not in ts.who_has:
+                ts.who_has.add(ws)
+                ws.has_what.add(ts)
+                ws.nbytes += ts.nbytes
+            elif ts is None or ts.state != "memory":
+                self._free_on(ws, ev.key)
+            return
+        self._unprocess(ts)
+        if ev.duration > 0:
+            old = self.durations.get(ts.func)
+            self.durations[ts.func] = ev.duration if old is None else 0.5 * (old + ev.duration)
+            self.avg_duration = 0.9 * self.avg_duration + 0.1 * ev.duration
+        self._enter_memory(ts, ws, ev.nbytes, ev.typename)
+        self.log.append((ts.key, "processing", "memory", self._stim, time.time()))
+        self._run_transitions()
+        self._fill(ws)
+
+    def _task_erred(self, ev: TaskErred) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ts is None or ws is None or ts.state != "processing" or ts.processing_on is not ws:
+            return
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._rec(ts, "released")
+            return
+        ts.exception = ev.exception
+        ts.traceback = ev.traceback
+        ts.exception_text = ev.text
+        ts.exception_blame = ts
+        self._rec(ts, "erred")
+
+    def _data_added(self, ev: DataAdded) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is None:
+            return
+        for key, nbytes in ev.nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = TaskState(key, priority=self._next_seq())
+            if ev.client is not None:
+                self._want(ts, ev.client)
+            if ts.state == "memory":
+                if ws not in ts.who_has:
+                    ts.who_has.add(ws)
+                    ws.has_what.add(ts)
+                    ws.nbytes += nbytes
+                continue
+            if ts.state == "processing":
+                self._unprocess(ts)
+            elif ts.state in ("queued", "no-worker"):
+                self.unrunnable.discard(ts)
+            start = ts.state
+            ts.waiting_on = None
+            self._enter_memory(ts, ws, nbytes, "")
+            self.log.append((key, start, "memory", self._stim, time.time()))
+            self._run_transitions()
+
+    def _missing_data(self, ev: MissingData) -> None:
+        ts = self.tasks.get(ev.key)
+        errant = self.workers.get(ev.errant)
+        if ts is not None and errant is not None and ts.who_has and errant in ts.who_has:
+            ts.who_has.discard(errant)
+            errant.has_what.discard(ts)
+            errant.nbytes -= ts.nbytes
+            if not ts.who_has:
+                ts.who_has = None
+                self._rec(ts, "released")
+                self._run_transitions()
+        dts = self.tasks.get(ev.dependent) if ev.dependent else None
+        if dts is not None and dts.state == "processing" and dts.processing_on is not None \
+                and dts.processing_on.address == ev.worker:  # fmt: skip
+            self._rec(dts, "released")
+
+    def _worker_released_key(self, ev: WorkerReleasedKey) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ts is None or ws is None or not ts.who_has or ws not in ts.who_has:
+            return
+        ts.who_has.discard(ws)
+        ws.has_what.discard(ts)
+        ws.nbytes -= ts.nbytes
+        if not ts.who_has:
+            ts.who_has = None
+            self._rec(ts, "released")
+
+    # ------------------------------------------------------------ checks for tests
+
+    def validate(self) -> None:
+        """Assert the invariants that tie tasks and workers together."""
+        for key, ts in self.tasks.items():
+            assert ts.key == key and ts.state != "forgotten", ts
+            if ts.state == "processing":
+                assert ts.processing_on is not None and ts in ts.processing_on.processing, ts
+            else:
+                assert ts.processing_on is None, ts
+            if ts.state == "memory":
+                assert ts.who_has, ts
+                for ws in ts.who_has:
+                    assert ts in ws.has_what, (ts, ws)
+            else:
+                assert not ts.who_has, ts
+            if ts.state == "waiting":
+                assert ts.waiting_on, ts
+                for dts in ts.waiting_on:
+                    assert dts.state != "memory", (ts, dts)
+            for dts in ts.dependencies or ():
+                assert ts in (dts.dependents or ()), (ts, dts)
+        for ws in self.workers.values():
+            for ts in ws.processing:
+                assert ts.processing_on is ws and ts.state == "processing", (ws, ts)
+            for ts in ws.has_what:
+                assert ts.who_has and ws in ts.who_has, (ws, ts)
