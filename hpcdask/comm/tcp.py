@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mmap
 import socket
 import struct
 import sys
@@ -46,22 +45,8 @@ READ_PAUSE_BYTES = 256 * 1024 * 1024  # stop reading the socket while this much 
 READ_PAUSE_COUNT = 4096
 
 
-_HUGE = 32 * 1024 * 1024  # frames from this size get memory backed by transparent huge pages
-
-
 def _alloc(n: int) -> Any:
-    """A writable buffer for a large frame, without bytearray's zero-fill pass over it.
-
-    Very large frames get their own mapping advised to use huge pages: receiving into fresh
-    memory otherwise pays one page fault per 4 KiB, a tenth of the time of a 256 MiB transfer.
-    """
-    if n >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            m = mmap.mmap(-1, n)
-            m.madvise(mmap.MADV_HUGEPAGE)
-            return memoryview(m)
-        except (OSError, ValueError):
-            pass
+    """A writable buffer for a large frame, without bytearray's zero-fill pass over it."""
     try:
         import numpy
 
