@@ -28,7 +28,14 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 class AsyncLifecycle:
-    """`await server`, `async with server`: start, and close at the end."""
+    """`await server`, `async with server`: start, and close at the end; `finished()`."""
+
+    _finished: asyncio.Event | None = None
+
+    async def finished(self) -> None:
+        """Wait until the server has closed (for whatever reason)."""
+        if self._finished is not None:
+            await self._finished.wait()
 
     async def start(self) -> Any:
         raise NotImplementedError

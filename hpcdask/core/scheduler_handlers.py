@@ -291,24 +291,21 @@ class EventHandlers(_Base):
             self._run_transitions()
 
     def _missing_data(self, ev: MissingData) -> None:
-        ts = self.tasks.get(ev.key)
-        errant = self.workers.get(ev.errant)
-        if ts is not None and errant is not None and ts.who_has and errant in ts.who_has:
-            ts.who_has.discard(errant)
-            errant.has_what.discard(ts)
-            errant.nbytes -= ts.nbytes
-            if not ts.who_has:
-                ts.who_has = None
-                self._rec(ts, "released")
-                self._run_transitions()
+        self._drop_replica(ev.key, ev.errant)
+        self._run_transitions()
         dts = self.tasks.get(ev.dependent) if ev.dependent else None
         if dts is not None and dts.state == "processing" and dts.processing_on is not None \
                 and dts.processing_on.address == ev.worker:  # fmt: skip
             self._rec(dts, "released")
 
     def _worker_released_key(self, ev: WorkerReleasedKey) -> None:
-        ts = self.tasks.get(ev.key)
-        ws = self.workers.get(ev.worker)
+        self._drop_replica(ev.key, ev.worker)
+
+    def _drop_replica(self, key: str, address: str) -> None:
+        """`address` no longer holds `key`; a key with no copy left is released (and
+        recomputed if still needed)."""
+        ts = self.tasks.get(key)
+        ws = self.workers.get(address)
         if ts is None or ws is None or not ts.who_has or ws not in ts.who_has:
             return
         ts.who_has.discard(ws)

@@ -141,10 +141,6 @@ class Scheduler(Server):
         if self._finished is not None:
             self._finished.set()
 
-    async def finished(self) -> None:
-        if self._finished is not None:
-            await self._finished.wait()
-
     async def _close_workers(self, timeout: float = 5.0) -> None:
         for addr, bs in list(self.worker_streams.items()):
             self.closing_workers.add(addr)

@@ -219,10 +219,6 @@ class Nanny(AsyncLifecycle):
         if self._finished is not None:
             self._finished.set()
 
-    async def finished(self) -> None:
-        if self._finished is not None:
-            await self._finished.wait()
-
 
 def _encode_security(security: Security) -> str:
     """TLS settings (possibly in-memory certificates) for the child; env, never argv."""

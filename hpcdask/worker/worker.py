@@ -215,10 +215,6 @@ class Worker(Server):
         if self._finished is not None:
             self._finished.set()
 
-    async def finished(self) -> None:
-        if self._finished is not None:
-            await self._finished.wait()
-
     def _stop_threads(self) -> None:
         for _ in self._threads:
             self._queue.put(None)
