@@ -46,13 +46,10 @@ READ_PAUSE_COUNT = 4096
 
 
 def _alloc(n: int) -> Any:
-    """A writable buffer for a large frame, without bytearray's zero-fill pass over it."""
-    try:
-        import numpy
+    """A writable buffer for a large frame: no zero-fill pass, warm pages when possible."""
+    from hpcdask.comm.bufpool import POOL
 
-        return memoryview(numpy.empty(n, dtype=numpy.uint8))
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        return memoryview(bytearray(n))
+    return POOL.take(n)
 
 
 def _efficient_writelines(transport: asyncio.Transport) -> bool:
