@@ -170,15 +170,6 @@ class ConnectionPool:
             raise RemoteError(f"{op} on {address} failed: {response.get('text')}")
         return response.get("result")
 
-    async def send_only(self, address: str, op: str, **kwargs: Any) -> None:
-        comm = await self._get(address)
-        try:
-            await comm.send({"op": op, "reply": False, **kwargs})
-        except BaseException:
-            comm.abort()
-            raise
-        self._put(address, comm)
-
     def remove(self, address: str) -> None:
         for comm in self._idle.pop(address, ()):
             comm.abort()
@@ -244,15 +235,3 @@ class BatchedSend:
 
     def closed(self) -> bool:
         return self._closed or self.comm.closed()
-
-
-async def read_stream(comm: Any, dispatch: Callable[[dict], Any]) -> None:
-    """Feed every message of a batched stream to `dispatch` until the comm closes."""
-    while True:
-        batch = await comm.recv()
-        if isinstance(batch, dict):
-            batch = [batch]
-        for msg in batch:
-            result = dispatch(msg)
-            if result is not None and asyncio.iscoroutine(result):
-                await result

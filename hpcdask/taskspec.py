@@ -132,8 +132,3 @@ def execute_graph_task(task: Any) -> Any:
     if type(task) is dict:
         return {k: execute_graph_task(v) for k, v in task.items()}
     return task
-
-
-def key_prefix(key: str) -> str:
-    """`inc-abc123` -> `inc`: the name under which tasks' durations are grouped."""
-    return key.rsplit("-", 1)[0] if "-" in key else key

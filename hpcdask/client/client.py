@@ -21,7 +21,7 @@ from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
 from ..taskspec import FunctionCache, dumps_args, execute_graph_task
-from ..utils.loop import SyncAsync, get_loop_thread
+from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
 from .future import Future, FutureState
 from .operations import ClusterOperations
@@ -29,7 +29,6 @@ from .structures import (
     _SKIP,
     _all_done,
     _collect,
-    _done_awaitable,
     _identity,
     _rebuild,
     _workers_list,
@@ -123,9 +122,6 @@ class Client(ClusterOperations, SyncAsync):
             _default_client = self
 
     # ------------------------------------------------------------ sync/async plumbing
-
-    def _sync(self, func: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        return super()._sync(func, *args, **kwargs)
 
     def _call_in_loop(self, func: Callable, *args: Any) -> None:
         if self._in_loop():
@@ -377,8 +373,6 @@ class Client(ClusterOperations, SyncAsync):
         """Results of futures, in the same structure (list, dict, nested) they were given in."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
-        if isinstance(futures, Future):
-            return self._sync(self._gather_structure, futures, errors)
         return self._sync(self._gather_structure, futures, errors)
 
     async def _gather_structure(self, futures: Any, errors: str) -> Any:
@@ -393,33 +387,44 @@ class Client(ClusterOperations, SyncAsync):
         todo = list({f.key: f for f in futures}.values())
         while todo:
             await _all_done([f._state for f in todo])
-            by_worker: dict[str, list[str]] = {}
+            finished = []
             for f in todo:
                 st = f._state
                 if st.status in ("error", "cancelled"):
                     if errors == "raise":
                         raise st.error_to_raise()
                     out[f.key] = _SKIP
+                elif st.data is not None:
+                    out[f.key] = st.data.loads()
                 elif st.status == "finished":
-                    if st.data is not None:
-                        out[f.key] = st.data.loads()
-                        continue
-                    if not st.workers:
-                        st.workers = (await self.pool.call(self.scheduler_address, "who-has",
-                                                           keys=[f.key]))[f.key]  # fmt: skip
-                    if st.workers:
-                        by_worker.setdefault(st.workers[0], []).append(f.key)
+                    finished.append(st)
+            # Where data lives is normally known from the report; ask only for the rest, at once.
+            await self._locate([st for st in finished if not st.workers])
+            by_worker: dict[str, list[str]] = {}
+            for st in finished:
+                if st.workers:
+                    by_worker.setdefault(st.workers[0], []).append(st.key)
             results = await asyncio.gather(*(self._fetch(w, keys) for w, keys in by_worker.items()))
             for data in results:
                 out.update(data)
             todo = [f for f in todo if f.key not in out]
-            for f in todo:  # the holder vanished: ask again, or wait for the recomputation
-                if f._state.status == "finished":
-                    f._state.workers = []
-                    who = await self.pool.call(self.scheduler_address, "who-has", keys=[f.key])
-                    if not who.get(f.key):
-                        f._state.reset()
+            # A holder vanished: find another copy, or wait for the recomputation.
+            lost = [f._state for f in todo if f._state.status == "finished"]
+            for st in lost:
+                st.workers = []
+            await self._locate(lost)
+            for st in lost:
+                if not st.workers:
+                    st.reset()
         return [out[f.key] for f in futures]  # failed ones are _SKIP; _rebuild drops them
+
+    async def _locate(self, states: list[FutureState]) -> None:
+        """Fill in where these keys live, with one question to the scheduler."""
+        if states:
+            who = await self.pool.call(self.scheduler_address, "who-has",
+                                       keys=[st.key for st in states])  # fmt: skip
+            for st in states:
+                st.workers = who.get(st.key) or []
 
     async def _fetch(self, worker: str, keys: list[str]) -> dict:
         try:
@@ -497,7 +502,7 @@ class Client(ClusterOperations, SyncAsync):
             if not f.done():
                 f._state.cancel(reason or "cancelled by the client")
         self._send({"op": "cancel", "keys": keys, "reason": reason or "cancelled by the client"})
-        return _done_awaitable() if self.asynchronous else None
+        return done_awaitable() if self.asynchronous else None
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
         flat: list[Future] = []
@@ -506,7 +511,7 @@ class Client(ClusterOperations, SyncAsync):
             if f._state.status == "error":
                 f._state.reset()
         self._send({"op": "retry", "keys": [f.key for f in flat]})
-        return _done_awaitable() if self.asynchronous else None
+        return done_awaitable() if self.asynchronous else None
 
     def fire_and_forget(self, futures: Any) -> None:
         flat: list[Future] = []
@@ -530,7 +535,7 @@ class Client(ClusterOperations, SyncAsync):
     def close(self, timeout: float | None = None) -> Any:
         if self.status in ("closed", "newly-created") and self.stream is None:
             self.status = "closed"
-            return _done_awaitable() if self.asynchronous else None
+            return done_awaitable() if self.asynchronous else None
         return self._sync(self._close)
 
     async def _close(self, close_cluster: bool | None = None) -> None:

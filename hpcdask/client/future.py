@@ -158,7 +158,7 @@ class Future:
         return self._state.type
 
     def result(self, timeout: float | None = None) -> Any:
-        return self.client._sync(self._result, timeout, timeout=timeout)
+        return self.client._sync(self._result, timeout)
 
     async def _result(self, timeout: float | None = None) -> Any:
         if timeout is not None:
@@ -167,7 +167,7 @@ class Future:
         return result[0]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self.client._sync(self._exception, timeout, timeout=timeout)
+        return self.client._sync(self._exception, timeout)
 
     async def _exception(self, timeout: float | None = None) -> BaseException | None:
         await asyncio.wait_for(self._state.wait(), timeout)
@@ -177,7 +177,7 @@ class Future:
 
     def traceback(self, timeout: float | None = None) -> str | None:
         """The worker's formatted traceback of a failed task."""
-        return self.client._sync(self._traceback, timeout, timeout=timeout)
+        return self.client._sync(self._traceback, timeout)
 
     async def _traceback(self, timeout: float | None = None) -> str | None:
         await asyncio.wait_for(self._state.wait(), timeout)

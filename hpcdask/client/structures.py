@@ -68,14 +68,6 @@ def _rebuild(obj: Any, results: dict, errors: str) -> Any:
     return obj
 
 
-async def _noop() -> None:
-    return None
-
-
-def _done_awaitable() -> Any:
-    return _noop()
-
-
 def _workers_list(workers: Any) -> list | None:
     if workers is None:
         return None

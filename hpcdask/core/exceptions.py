@@ -30,7 +30,3 @@ class FutureCancelledError(Exception):
 
     def __str__(self) -> str:
         return f"{self.key!r} cancelled" + (f": {self.reason}" if self.reason else "")
-
-
-class NoWorkerError(Exception):
-    """A task's restrictions name workers or resources that no worker provides."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..scheduler import Scheduler
 from ..security import Security, new_secret
-from ..utils.loop import SyncAsync
+from ..utils.loop import SyncAsync, done_awaitable
 from ..utils.sizes import format_bytes
 
 
@@ -72,7 +72,7 @@ class Cluster(SyncAsync):
 
     def close(self, timeout: float | None = None) -> Any:
         if self.status == "closed":
-            return _noop() if self._asynchronous else None
+            return done_awaitable() if self._asynchronous else None
         return self._sync(self._close)
 
     async def _close(self) -> None:
@@ -218,7 +218,3 @@ class Cluster(SyncAsync):
                          ("Threads", s["threads"]), ("Memory", format_bytes(s["memory"])))
         )  # fmt: skip
         return f"<div><h3>{html.escape(self.name)}</h3><table>{rows}</table></div>"
-
-
-async def _noop() -> None:
-    return None

@@ -74,7 +74,7 @@ class Scheduler(Server):
         self.pool = ConnectionPool(security=security)
         self.logs = LogBuffer.attach("hpcdask")
         self.status = "created"
-        self._workers_changed = asyncio.Event() if _has_loop() else None
+        self._workers_changed: asyncio.Event | None = None  # made in start(), on the loop
         self._finished: asyncio.Event | None = None
         self._start_lock: asyncio.Lock | None = None
         self.handlers.update({
@@ -191,10 +191,6 @@ class Scheduler(Server):
                     elif isinstance(msg.get("exception"), BaseException):
                         msg = {**msg, "exception": Pickled.dumps(msg["exception"])}
                     bs.send(msg)
-        for plugin in self.plugins.values():
-            hook = getattr(plugin, "transition_log", None)
-            if hook is not None:
-                hook(self.state)
 
     # ------------------------------------------------------------ worker streams
 
@@ -532,14 +528,6 @@ class Scheduler(Server):
 
 class _Empty:
     wants_what: set = set()
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _parameters(func: Any) -> set:

@@ -72,14 +72,19 @@ def get_loop_thread() -> LoopThread:
         return _loop_thread
 
 
-def in_loop_thread() -> bool:
-    return _loop_thread is not None and threading.current_thread() is _loop_thread.thread
-
-
 @atexit.register
 def _shutdown() -> None:  # pragma: no cover - interpreter exit
     if _loop_thread is not None:
         _loop_thread.stop()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def done_awaitable() -> Any:
+    """What a fire-and-forget method returns to an asynchronous caller: an awaitable no-op."""
+    return _nothing()
 
 
 class SyncAsync:

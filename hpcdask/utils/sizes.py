@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from itertools import islice
 from typing import Any
 
 _UNITS = {
@@ -34,6 +35,9 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+_SAMPLE = 100
+
+
 def sizeof(obj: Any) -> int:
     """A cheap estimate of an object's memory: exact for buffers and arrays."""
     nbytes = getattr(obj, "nbytes", None)
@@ -41,10 +45,12 @@ def sizeof(obj: Any) -> int:
         return nbytes
     if isinstance(obj, (bytes, bytearray)):
         return len(obj)
-    if isinstance(obj, (list, tuple, set, frozenset)) and len(obj) < 100_000:
-        return sys.getsizeof(obj) + sum(sizeof(x) for x in list(obj)[:1000]) * max(1, len(obj) // 1000)
-    if isinstance(obj, dict) and len(obj) < 100_000:
-        return sys.getsizeof(obj) + sum(sizeof(k) + sizeof(v) for k, v in list(obj.items())[:1000])
+    if isinstance(obj, (list, tuple, set, frozenset, dict)) and obj:
+        # Measure up to 100 items and scale: exact for small containers, cheap for big ones.
+        items = obj.items() if isinstance(obj, dict) else obj
+        sample = list(islice(items, _SAMPLE))
+        measured = sum(sizeof(x) for x in sample)
+        return sys.getsizeof(obj) + measured * len(obj) // len(sample)
     try:
         return sys.getsizeof(obj)
     except TypeError:

@@ -194,11 +194,6 @@ class Nanny(AsyncLifecycle):
         except Exception:
             pass
 
-    async def kill(self) -> None:
-        """Kill the worker process (it will be restarted): for tests and `restart`."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-
     async def close(self, timeout: float = 5) -> None:
         if self.status == "closed" and (self.process is None or self.process.returncode is not None):
             return

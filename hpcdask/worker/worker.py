@@ -499,8 +499,3 @@ def parse_memory_limit(limit: Any, nthreads_total_fraction: float) -> int:
         return int(total * limit)
     value = parse_bytes(limit) if isinstance(limit, str) else int(limit)
     return min(value, total)
-
-
-def worker_main_exit_code(worker: Worker) -> int:  # pragma: no cover - used by the CLI
-    return worker.exit_code
-
