@@ -158,7 +158,7 @@ def test_cli_with_scheduler_file(mpirun, tmp_path, n):
         client.shutdown()
     finally:
         client.close()
-    assert job.wait(20) == 0
+    assert job.wait(60) == 0  # generous: a restarted worker must start up on a loaded machine
     assert not sched_file.exists()
     assert_quiet(job.output)
 
@@ -191,7 +191,7 @@ def test_cli_with_nanny_names_and_inclusive_workers(mpirun, tmp_path):
         client.shutdown()
     finally:
         client.close()
-    assert job.wait(20) == 0
+    assert job.wait(60) == 0  # generous: a restarted worker must start up on a loaded machine
     assert_quiet(job.output)
 
 
@@ -236,7 +236,7 @@ def test_a_rank_that_leaves_does_not_stop_the_others(mpirun, tmp_path):
         client.shutdown()
     finally:
         client.close()
-    assert job.wait(20) == 0
+    assert job.wait(60) == 0  # generous: a restarted worker must start up on a loaded machine
     assert_quiet(job.output)
 
 
@@ -277,7 +277,7 @@ def test_nanny_restarts_a_dead_worker_process_and_the_rank_survives(mpirun, tmp_
         client.shutdown()
     finally:
         client.close()
-    assert job.wait(20) == 0
+    assert job.wait(60) == 0  # generous: a restarted worker must start up on a loaded machine
 
 
 # -------------------------------------------------------------------------------- batch mode
@@ -344,6 +344,7 @@ def test_batch_world_too_small(mpirun, tmp_path):
 
 
 NO_EXIT_SCRIPT = """
+import sys
 from hpcdask.mpi import initialize, send_close_signal
 is_client = initialize(exit=False)
 if is_client:
@@ -351,7 +352,8 @@ if is_client:
     with Client() as client:
         print("RESULT", client.submit(lambda: 6 * 7).result(), flush=True)
     send_close_signal()
-print("RETURNED", is_client, flush=True)  # every rank gets here, as with dask-mpi
+sys.stdout.write(f"RETURNED {is_client}\\n")  # one write: ranks share stdout, lines must not interleave
+sys.stdout.flush()  # every rank gets here, as with dask-mpi
 """
 
 
