@@ -83,3 +83,39 @@ def test_nanny_restarts_worker_over_memory_limit():
         events = [text for _, topic, text in cluster.scheduler.events if "memory limit" in text]
         assert events and "exceeded 95% of its memory limit" in events[0]
         assert client.submit(slow_square, 3).result() == 9
+
+
+async def test_nanny_stops_when_the_scheduler_is_gone_while_it_restarts():
+    """A worker that dies as the scheduler shuts down must not be restarted forever: that left
+    `mpirun` ranks running after `client.shutdown()`."""
+    import asyncio
+    import signal
+
+    from hpcdask import Nanny, Scheduler
+
+    scheduler = await Scheduler(host="127.0.0.1").start()
+    nanny = await Nanny(scheduler.address, nthreads=1).start()
+    child = nanny.process
+    os.kill(child.pid, signal.SIGSTOP)  # cannot notice the scheduler leaving and exit by itself
+    await scheduler.close(close_workers=False)
+    os.kill(child.pid, signal.SIGKILL)
+    await asyncio.wait_for(nanny.finished(), 30)
+    assert nanny.restarts == 0
+    await nanny.close()
+
+
+def test_worker_cli_reports_an_unreachable_scheduler_in_one_line(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "hpcdask", "worker", f"tcp://127.0.0.1:{port}",
+                           "--no-nanny", "--death-timeout", "1"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "HPCDASK_SECRET": "ab" * 32})  # fmt: skip
+    assert proc.returncode == 18, proc.stderr
+    assert "cannot reach the scheduler" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -132,7 +132,15 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
                               resources=res, scheduler_file=scheduler_file,
                               nanny=os.environ.get("HPCDASK_NANNY_PID"), **kwargs)
                        for i in range(n)]  # fmt: skip
-        await asyncio.gather(*(s.start() for s in servers))
+        try:
+            await asyncio.gather(*(s.start() for s in servers))
+        except OSError as e:
+            from ..worker.nanny import refused
+            from ..worker.worker import EXIT_SCHEDULER_GONE
+
+            await asyncio.gather(*(s.close() for s in servers), return_exceptions=True)
+            click.echo(f"hpcdask worker: cannot reach the scheduler: {e}", err=True)
+            return EXIT_SCHEDULER_GONE if refused(e) else 1
         ready_fd = os.environ.pop("HPCDASK_READY_FD", None)
         if ready_fd is not None:
             with os.fdopen(int(ready_fd), "w") as f:

@@ -28,6 +28,19 @@ MEMORY_TERMINATE_FRACTION = 0.95
 MAX_FAST_FAILURES = 3  # deaths before registering, in a row, before the nanny gives up
 
 
+class SchedulerGone(ConnectionError):
+    """Nobody listens at the scheduler's address any more: restarting the worker is pointless."""
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a failed connect ended with nobody listening (not a slow or busy peer)."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 class Nanny(AsyncLifecycle):
     def __init__(
         self,
@@ -88,7 +101,7 @@ class Nanny(AsyncLifecycle):
         if self.status == "running":
             return self
         self._finished = asyncio.Event()
-        self._pool = ConnectionPool(security=self.security)
+        self._pool = ConnectionPool(security=self.security, timeout=5)
         await self._spawn()
         self.status = "running"
         self._monitor = asyncio.ensure_future(self._watch())
@@ -120,6 +133,8 @@ class Nanny(AsyncLifecycle):
             raise TimeoutError(f"worker process did not start within {self.startup_timeout}s")
         if not line:
             code = await self.process.wait()
+            if code == EXIT_SCHEDULER_GONE:
+                raise SchedulerGone(f"nothing listens at {self.scheduler_address} any more")
             raise RuntimeError(
                 f"worker process exited with code {code} before connecting to "
                 f"{self.scheduler_address}; see its output above"
@@ -140,12 +155,17 @@ class Nanny(AsyncLifecycle):
             if code != EXIT_RESTART:
                 reason = reason or f"worker process {proc.pid} died with exit code {code}"
                 logger.warning("%s; restarting", reason)
-                await self._report(reason)
+                if not await self._report(reason):
+                    logger.info("scheduler %s is gone; nanny stops", self.scheduler_address)
+                    break
             self.restarts += 1
             started = time.monotonic()
             try:
                 await self._spawn()
                 fast_failures = 0
+            except SchedulerGone as e:
+                logger.info("%s; nanny stops", e)
+                break
             except Exception as e:
                 fast_failures += 1
                 logger.error("could not restart the worker: %s", e)
@@ -187,12 +207,14 @@ class Nanny(AsyncLifecycle):
                 return reason
         return None
 
-    async def _report(self, text: str) -> None:
+    async def _report(self, text: str) -> bool:
+        """Tell the scheduler why the worker restarts; False if the scheduler is gone."""
         try:
             await asyncio.wait_for(self._pool.call(
-                self.scheduler_address, "log-event", topic="worker-restart", text=text), 5)  # fmt: skip
-        except Exception:
-            pass
+                self.scheduler_address, "log-event", topic="worker-restart", text=text), 10)  # fmt: skip
+        except Exception as e:
+            return not refused(e)
+        return True
 
     async def close(self, timeout: float = 5) -> None:
         if self.status == "closed" and (self.process is None or self.process.returncode is not None):
