@@ -70,3 +70,28 @@ def test_scatter_and_large_results(proto_client):
     np.testing.assert_array_equal(back, arr[::-1])
     addr, _ = client.submit(whoami, 1, pure=False).result()
     assert addr.split("://")[0] == client.scheduler_address.split("://")[0]
+
+
+def test_gpu_buffers_between_workers(proto_client):
+    """Device arrays move worker to worker as device frames over ucx://, through one host copy
+    elsewhere. A stand-in for GPU memory (hpcdask/testing/fakedevice.py): no GPU here."""
+    from hpcdask.testing import fakedevice
+
+    scheme, client = proto_client
+    a, b = sorted(client.scheduler_info()["workers"])
+    client.run(fakedevice.install)
+    try:
+        n = 1_000_000
+        x = client.submit(fakedevice.make, n, workers=[a], pure=False)  # 8 MB "on the GPU"
+        seen = client.submit(fakedevice.describe, x, workers=[b], pure=False).result(timeout=60)
+        sender = client.run(lambda: dict(fakedevice.counts), workers=[a])[a]
+    finally:
+        client.run(fakedevice.uninstall)
+    assert seen["type"] == "FakeDeviceArray" and seen["sum"] == n * (n - 1) / 2
+    if scheme == "ucx":  # received straight into "device" memory from the allocator, no copies
+        assert seen["from_allocator"] and seen["counts"]["allocated"] >= 1, seen
+        assert sender["to_host"] == 0 and seen["counts"]["host_rebuilds"] == 0, (sender, seen)
+    elif scheme == "inproc":  # one process: the object itself is handed over
+        assert sender["to_host"] == 0 and seen["counts"]["host_rebuilds"] == 0, (sender, seen)
+    else:
+        assert sender["to_host"] >= 1 and seen["counts"]["host_rebuilds"] >= 1, (sender, seen)

@@ -111,3 +111,43 @@ def test_bad_frame_refs():
     frames = dumps({"x": b"z" * LARGE_BYTES})
     with pytest.raises(ValueError, match="frames"):
         loads(frames[:1])
+
+
+def test_device_arrays_become_device_frames_without_copies():
+    import pickle
+
+    import numpy
+
+    from hpcdask.protocol import device
+    from hpcdask.protocol.serialize import Pickled, dumps, loads
+    from hpcdask.testing import fakedevice
+
+    assert not device.active()  # no GPU library loaded: the plain C pickler does the work
+    fakedevice.install()
+    try:
+        a = fakedevice.make(1000)
+        p = Pickled.dumps({"a": a, "b": [a], "h": numpy.ones(10_000)})
+        assert p.ndevice == 2 and p.buffers[-1] is a and p.buffers[-2] is a
+        back = loads(dumps({"x": p}))["x"]
+        assert back.ndevice == 2 and back.loads()["a"] == a
+        assert fakedevice.counts["to_host"] == 0
+        # pickling a Pickled (e.g. to a file) copies device frames to host, once each
+        again = pickle.loads(pickle.dumps(p))
+        assert again == p and again.loads()["b"][0] == a
+        with pytest.raises(ValueError, match="frames it does not have"):
+            loads([dumps({"x": p})[0]])
+    finally:
+        fakedevice.uninstall()
+    assert not device.active()
+
+
+def test_unknown_device_library_is_a_clear_error():
+    import io
+    import pickle
+
+    from hpcdask.protocol import device
+
+    data = pickle.dumps(0)
+    up = device.DeviceUnpickler(io.BytesIO(data), [], [b"x"])
+    with pytest.raises(pickle.UnpicklingError, match="nosuchgpulib device array"):
+        up.persistent_load(("hpcdask-device", "nosuchgpulib", [], 0))

@@ -11,7 +11,9 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["Backend", "Comm", "CommClosedError", "Listener", "frame_nbytes"]
+from hpcdask.protocol import device as _device
+
+__all__ = ["Backend", "Comm", "CommClosedError", "Listener", "frame_nbytes", "host_only"]
 
 
 class CommClosedError(IOError):
@@ -21,7 +23,15 @@ class CommClosedError(IOError):
 def frame_nbytes(frame: Any) -> int:
     if type(frame) is bytes or type(frame) is bytearray:
         return len(frame)
-    return memoryview(frame).nbytes
+    try:
+        return memoryview(frame).nbytes
+    except TypeError:  # a device (GPU) frame
+        return _device.nbytes(frame)
+
+
+def host_only(frames: Sequence[Any]) -> Sequence[Any]:
+    """*frames* ready for a transport that carries host memory only (device frames copied)."""
+    return _device.host_frames(frames) if _device.seen else frames
 
 
 class Comm(abc.ABC):

@@ -27,7 +27,7 @@ from hpcdask.comm.addressing import (
     parse_host_port,
     unparse_host_port,
 )
-from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes
+from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes, host_only
 from hpcdask.comm.registry import register_backend
 
 logger = logging.getLogger("hpcdask.comm")
@@ -292,6 +292,7 @@ class TCP(Comm):
         p = self._protocol
         if self._closing or p._closed_exc is not None:
             raise p._closed_exc or CommClosedError(f"comm to {self.peer_address} was closed")
+        frames = host_only(frames)
         sizes = [frame_nbytes(f) for f in frames]
         header = struct.pack(f"<I{len(sizes)}Q", len(sizes), *sizes)
         total = sum(sizes)

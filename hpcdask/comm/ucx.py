@@ -38,6 +38,7 @@ from hpcdask import config
 from hpcdask.comm.addressing import get_ip, parse_host_port, unparse_host_port
 from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes
 from hpcdask.comm.registry import register_backend
+from hpcdask.protocol import device
 
 logger = logging.getLogger("hpcdask.comm")
 
@@ -53,7 +54,10 @@ _SMALL = 64 * 1024
 _F_INLINE = 1 << 62
 _F_PACKED = 1 << 61
 _F_CLOSE = 1 << 60
+_F_HELLO = 1 << 59  # the initiator's first header: its address (the listener cannot see it)
 _COUNT_MASK = (1 << 40) - 1
+_DEVICE = 1 << 63  # in a frame's size word: a device (GPU) frame
+_SIZE_MASK = _DEVICE - 1
 _HIGH_WATER = 256 * 1024 * 1024  # posted but undelivered bytes before write() waits
 _MAX_FRAMES = 1 << 24
 
@@ -103,6 +107,7 @@ def _init() -> None:
         for key, value in ucx_environment().items():
             os.environ.setdefault(key, value)  # the user's own UCX_* settings win
         os.environ.setdefault("UCXPY_PROGRESS_MODE", "blocking")
+        device.create_context()
         try:
             ucxx.init(progress_mode=os.environ["UCXPY_PROGRESS_MODE"], env_takes_precedence=True)
         except RuntimeError:  # somebody initialised ucxx already: use it as it is
@@ -129,6 +134,21 @@ def _empty(n: int) -> memoryview:
     return memoryview(numpy.empty(n, dtype=numpy.uint8))
 
 
+def _hello(address: str) -> bytearray:
+    header = bytearray(_HEADER)
+    data = address.encode()[: _HEADER - 16]
+    struct.pack_into("<QH", header, 0, _F_HELLO, len(data))
+    header[10 : 10 + len(data)] = data
+    return header
+
+
+def _peer_from_hello(header: bytearray) -> str:
+    """The address the initiator says it has: for logs only, it proves nothing."""
+    (n,) = struct.unpack_from("<H", header, 8)
+    text = bytes(header[10 : 10 + min(n, _HEADER - 16)]).decode("utf-8", "replace")
+    return text if text.startswith("ucx://") and text.isprintable() else "ucx://unknown"
+
+
 class UCX(Comm):
     def __init__(self, ep: Any, local: str, peer: str, initiator: bool) -> None:
         super().__init__(initiator)
@@ -140,6 +160,7 @@ class UCX(Comm):
         self._pending: dict[asyncio.Future, int] = {}
         self._pending_bytes = 0
         self._error: BaseException | None = None
+        self._hello_seen = initiator  # only a listener's comm expects the initiator's hello
 
     async def write(self, frames: Sequence[Any]) -> int:
         if self._closed or self._peer_closed:
@@ -148,7 +169,16 @@ class UCX(Comm):
         n, total = len(sizes), sum(sizes)
         header = bytearray(_HEADER)
         sends: list[Any] = [header]
-        if n <= _INLINE_SIZES and total <= _HEADER - _INLINE_AT:
+        on_device = device.seen and [device.is_device(f) for f in frames]
+        if on_device and any(on_device):
+            device.synchronize()  # the kernels that wrote them may still be running
+            words = [s | _DEVICE if d else s for s, d in zip(sizes, on_device, strict=True)]
+            struct.pack_into(f"<Q{min(n, _MAX_SIZES)}Q", header, 0, n, *words[:_MAX_SIZES])
+            if n > _MAX_SIZES:
+                sends.append(struct.pack(f"<{n - _MAX_SIZES}Q", *words[_MAX_SIZES:]))
+            sends += [f if d else _view(f) for f, s, d in zip(frames, sizes, on_device,
+                                                              strict=True) if s]  # fmt: skip
+        elif n <= _INLINE_SIZES and total <= _HEADER - _INLINE_AT:
             struct.pack_into(f"<Q{n}Q", header, 0, n | _F_INLINE, *sizes)
             pos = _INLINE_AT
             for f, s in zip(frames, sizes, strict=True):
@@ -170,17 +200,20 @@ class UCX(Comm):
         # would deadlock a task that writes and then reads the other end of an in-process pair.
         # Tasks start in creation order and ucxx posts a send in its first step, so the pieces
         # of concurrent writes cannot interleave.
-        ep = self._ep
         for buf in sends:
-            fut = asyncio.ensure_future(ep.send(buf))
-            self._pending[fut] = len(buf)
-            self._pending_bytes += len(buf)
-            fut.add_done_callback(self._sent)
+            self._post(buf)
         while self._pending_bytes > _HIGH_WATER and self._pending and not self._closed:
             await asyncio.wait(list(self._pending), return_when=asyncio.FIRST_COMPLETED)
         if self._error is not None:
             raise _closed(f"ucx comm to {self.peer_address} failed", self._error)
         return total
+
+    def _post(self, buf: Any) -> None:
+        fut = asyncio.ensure_future(self._ep.send(buf))
+        size = frame_nbytes(buf)
+        self._pending[fut] = size
+        self._pending_bytes += size
+        fut.add_done_callback(self._sent)
 
     def _sent(self, fut: asyncio.Future) -> None:
         self._pending_bytes -= self._pending.pop(fut, 0)
@@ -204,7 +237,13 @@ class UCX(Comm):
         header = bytearray(_HEADER)
         await self._recv(header)
         (word,) = struct.unpack_from("<Q", header, 0)
-        if word & _F_CLOSE:
+        if word & _F_HELLO and not self._hello_seen:
+            self._hello_seen = True
+            self.peer_address = _peer_from_hello(header)
+            await self._recv(header)
+            (word,) = struct.unpack_from("<Q", header, 0)
+        self._hello_seen = True
+        if word & (_F_CLOSE | _F_HELLO):
             self._peer_closed = True
             self.abort()
             raise _closed(f"ucx comm to {self.peer_address} was closed by the peer")
@@ -220,6 +259,12 @@ class UCX(Comm):
                 rest = bytearray(8 * (n - _MAX_SIZES))
                 await self._recv(rest)
                 sizes += struct.unpack(f"<{n - _MAX_SIZES}Q", rest)
+        on_device = [s & _DEVICE for s in sizes]
+        if any(on_device):
+            sizes = [s & _SIZE_MASK for s in sizes]
+            if word & (_F_INLINE | _F_PACKED):
+                self.abort()
+                raise _closed(f"peer {self.peer_address} sent a malformed message")
         problem = self._check_header(n, sizes)
         if problem:
             self.abort()
@@ -237,9 +282,17 @@ class UCX(Comm):
                 pos += s
             return frames
         frames = []
-        for s in sizes:
+        for s, d in zip(sizes, on_device, strict=True):
             if s == 0:
                 frames.append(b"")
+                continue
+            if d:
+                device.seen = True
+                buf = device.empty(s)
+                if buf is None:  # no GPU library here (say, the scheduler): UCX copies to host
+                    buf = _empty(s)
+                await self._recv(buf)
+                frames.append(buf)
                 continue
             buf = bytearray(s) if s <= _SMALL else _empty(s)
             await self._recv(buf)
@@ -327,7 +380,9 @@ class UCXBackend(Backend):
             ep = await ucxx.create_endpoint(host.strip("[]"), port, endpoint_error_handling=True)
         except (ucxx.exceptions.UCXError, TimeoutError, asyncio.TimeoutError) as e:
             raise ConnectionRefusedError(f"ucx://{loc}: {e}") from e
-        return UCX(ep, f"ucx://{get_ip(host)}:0", f"ucx://{loc}", True)
+        comm = UCX(ep, f"ucx://{get_ip(host)}:0", f"ucx://{loc}", True)
+        comm._post(_hello(comm.local_address))
+        return comm
 
     def get_listener(self, loc: str, handler: Callable[[Comm], Any], **kw: Any) -> Listener:
         return UCXListener(loc, handler)

@@ -9,12 +9,15 @@ scheduler route tasks and results without importing (or trusting) user code.
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+
+from . import device as _device
 
 __all__ = ["Pickled", "dumps", "dumps_plain", "loads", "LARGE_BYTES"]
 
@@ -25,18 +28,24 @@ _EXT_PICKLED_INLINE = 1  # data: the pickle itself (no out-of-band buffers)
 _EXT_PICKLED_FRAMES = 2  # data: <II first frame, frame count>: pickle, then its buffers
 _EXT_BYTES = 3  # data: <I frame index>
 _EXT_TUPLE_KEY = 4  # data: msgpack of a tuple used as a dict key (msgpack would make it a list)
+_EXT_PICKLED_DEVICE = 5  # data: <III first frame, frame count, device frames at the end>
 _II = struct.Struct("<II")
+_III = struct.Struct("<III")
 _I = struct.Struct("<I")
 
 
 class Pickled:
-    """A pickled object (protocol 5 pickle plus its out-of-band buffers), not yet unpickled."""
+    """A pickled object (protocol 5 pickle plus its out-of-band buffers), not yet unpickled.
 
-    __slots__ = ("data", "buffers")
+    The last *ndevice* buffers are device (GPU) frames, see protocol/device.py.
+    """
 
-    def __init__(self, data: Any, buffers: Sequence[Any] = ()) -> None:
+    __slots__ = ("data", "buffers", "ndevice")
+
+    def __init__(self, data: Any, buffers: Sequence[Any] = (), ndevice: int = 0) -> None:
         self.data = data
         self.buffers = list(buffers)
+        self.ndevice = ndevice
 
     @classmethod
     def dumps(cls, obj: Any) -> Pickled:
@@ -45,7 +54,14 @@ class Pickled:
             return cls._cloudpickle(obj, None)
         buffers: list = []
         try:
-            data = pickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
+            if _device.active():
+                f, device = io.BytesIO(), []
+                _device.DevicePickler(f, _collector(buffers), device).dump(obj)
+                data = f.getvalue()
+                if device:
+                    return cls(data, buffers + device, len(device))
+            else:
+                data = pickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
         except Exception as e:
             return cls._cloudpickle(obj, e)
         if b"__main__" in data:  # e.g. an instance of a class defined in a script
@@ -67,7 +83,12 @@ class Pickled:
         return cls(data, buffers)
 
     def loads(self) -> Any:
-        return pickle.loads(self.data, buffers=self.buffers)
+        if not self.ndevice:
+            return pickle.loads(self.data, buffers=self.buffers)
+        split = len(self.buffers) - self.ndevice
+        return _device.DeviceUnpickler(
+            io.BytesIO(self.data), self.buffers[:split], self.buffers[split:]
+        ).load()
 
     @property
     def nbytes(self) -> int:
@@ -77,18 +98,21 @@ class Pickled:
         return [self.data, *self.buffers]
 
     @classmethod
-    def from_frames(cls, frames: Sequence[Any]) -> Pickled:
-        return cls(frames[0], frames[1:])
+    def from_frames(cls, frames: Sequence[Any], ndevice: int = 0) -> Pickled:
+        return cls(frames[0], frames[1:], ndevice)
+
+    def _host_bytes(self) -> list[bytes]:
+        return [bytes(memoryview(_device.to_host(b) if _device.is_device(b) else b).cast("B"))
+                for b in self.buffers]  # fmt: skip
 
     def __reduce__(self):
-        return (Pickled, (bytes(self.data), [bytes(memoryview(b)) for b in self.buffers]))
+        return (Pickled, (bytes(self.data), self._host_bytes(), self.ndevice))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Pickled):
             return NotImplemented
-        return bytes(self.data) == bytes(other.data) and [
-            memoryview(b).tobytes() for b in self.buffers
-        ] == [memoryview(b).tobytes() for b in other.buffers]
+        return (bytes(self.data) == bytes(other.data) and self.ndevice == other.ndevice
+                and self._host_bytes() == other._host_bytes())  # fmt: skip
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -97,7 +121,12 @@ class Pickled:
 
 
 def _nbytes(b: Any) -> int:
-    return len(b) if type(b) is bytes else memoryview(b).nbytes
+    if type(b) is bytes:
+        return len(b)
+    try:
+        return memoryview(b).nbytes
+    except TypeError:
+        return _device.nbytes(b)
 
 
 def _collector(buffers: list):
@@ -164,6 +193,10 @@ def _pickled_ext(obj: Pickled, frames: list) -> msgpack.ExtType:
     start = len(frames)
     frames.append(obj.data)
     frames.extend(obj.buffers)
+    if obj.ndevice:
+        return msgpack.ExtType(
+            _EXT_PICKLED_DEVICE, _III.pack(start, len(frames) - start, obj.ndevice)
+        )
     return msgpack.ExtType(_EXT_PICKLED_FRAMES, _II.pack(start, len(frames) - start))
 
 
@@ -229,6 +262,11 @@ def loads(frames: Sequence[Any]) -> Any:
             if n < 1 or start < 1 or start + n > len(frames):
                 raise ValueError("message refers to frames it does not have")
             return Pickled(frames[start], frames[start + 1 : start + n])
+        if code == _EXT_PICKLED_DEVICE:
+            start, n, ndevice = _III.unpack(data)
+            if n < 1 or start < 1 or start + n > len(frames) or ndevice >= n:
+                raise ValueError("message refers to frames it does not have")
+            return Pickled(frames[start], frames[start + 1 : start + n], ndevice)
         if code == _EXT_BYTES:
             (i,) = _I.unpack(data)
             if not 0 < i < len(frames):

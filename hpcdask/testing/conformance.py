@@ -47,6 +47,8 @@ class TransportSpec:
     multiprocess: bool = True  # can another process connect to its listeners?
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
     listen_kwargs: dict[str, Any] = field(default_factory=dict)
+    # how GPU frames cross: "device" (as they are), "host" (copied), "same-process" (untouched)
+    device_frames: str = "host"
 
     def __post_init__(self) -> None:
         if not self.wrong_security:
@@ -67,7 +69,8 @@ def builtin_transports() -> list[TransportSpec]:
     secret = new_secret()
     specs = [
         TransportSpec("tcp", "tcp://127.0.0.1:0", Security(secret=secret)),
-        TransportSpec("inproc", "inproc://", Security(secret=secret), multiprocess=False),
+        TransportSpec("inproc", "inproc://", Security(secret=secret), multiprocess=False,
+                      device_frames="same-process"),
     ]
     for factory in _OPTIONAL:
         try:
@@ -97,7 +100,7 @@ def _ucx(secret: bytes) -> TransportSpec | None:
         return None
     os.environ.setdefault("UCX_NET_DEVICES", "lo")  # see hpcdask/comm/ucx.py
     os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
-    return TransportSpec("ucx", "ucx://127.0.0.1:0", Security(secret=secret))
+    return TransportSpec("ucx", "ucx://127.0.0.1:0", Security(secret=secret), device_frames="device")
 
 
 def _ws(secret: bytes) -> TransportSpec:
@@ -208,6 +211,7 @@ async def check_connect(t: TransportSpec) -> None:
         assert parse_address(client.peer_address)[0] == scheme, client.peer_address
         assert parse_address(remote.peer_address)[0] == scheme, remote.peer_address
         assert client.local_address and remote.local_address
+        assert "unknown" not in remote.peer_address, remote.peer_address
         assert not client.closed() and not remote.closed()
         await client.close()
         remote.abort()
@@ -234,6 +238,35 @@ async def check_small_messages(t: TransportSpec) -> None:
             assert isinstance(got["fn"], Pickled) and got["fn"].loads() is len
         await client.write([b""])
         assert [bytes(f) for f in await _wait_for(remote.read(), "an empty frame")] == [b""]
+
+
+async def check_device_frames(t: TransportSpec) -> None:
+    """GPU buffers arrive intact: as device frames where the transport carries them, through
+    one host copy where it cannot. Uses the stand-in of testing/fakedevice.py (no GPU here)."""
+    import numpy
+
+    from hpcdask.testing import fakedevice
+
+    fakedevice.install()
+    try:
+        big, small = fakedevice.make(300_000), fakedevice.make(10, "int32")
+        msg = {"op": "data", "data": Pickled.dumps({"a": big, "s": small, "h": numpy.arange(5)})}
+        assert msg["data"].ndevice == 2
+        async with pair(t) as (client, remote):
+            await client.send(msg)
+            got = await _wait_for(remote.recv(), "a message with device frames")
+        assert isinstance(got["data"], Pickled) and got["data"].ndevice == 2
+        back = got["data"].loads()
+        assert back["a"] == big and back["s"] == small and list(back["h"]) == list(range(5))
+        counts = dict(fakedevice.counts)
+    finally:
+        fakedevice.uninstall()
+    expected = {
+        "device": {"to_host": 0, "allocated": 2, "zero_copy_rebuilds": 2, "host_rebuilds": 0},
+        "host": {"to_host": 2, "allocated": 0, "zero_copy_rebuilds": 0, "host_rebuilds": 2},
+        "same-process": {"to_host": 0, "allocated": 0, "zero_copy_rebuilds": 2, "host_rebuilds": 0},
+    }[t.device_frames]
+    assert counts == expected, (t.device_frames, counts)
 
 
 async def check_large_message(t: TransportSpec) -> None:
@@ -546,6 +579,7 @@ async def check_silent_peer_times_out(t: TransportSpec) -> None:
 CHECKS: list[Callable[[TransportSpec], Awaitable[None]]] = [
     check_connect,
     check_small_messages,
+    check_device_frames,
     check_large_message,
     check_many_buffers,
     check_ordering,
