@@ -7,20 +7,28 @@ WebSocket message per frame, so that large frames are not concatenated.
 
 Until a peer has authenticated, the server accepts only tiny WebSocket messages (the library
 would otherwise buffer a message of any size before we see it). ``wss://`` uses the same
-certificates as ``tls://`` (Security). A peer refused by TLS itself is dropped by the event
-loop before hpcdask sees the connection, so unlike tls:// it is not logged.
+certificates as ``tls://`` (Security). The websockets server listens on plain TCP and runs
+the TLS handshake of each accepted connection itself, before websockets sees a byte (see
+_TLSServerConnection), so that, as with tls://, a peer refused by TLS (e.g. a certificate
+from another CA) is logged on the ``hpcdask.comm`` logger as "refused connection from
+wss://host:port: failed authentication (TLS handshake failed: <reason>)" and dropped without
+a traceback, while the listener keeps serving. An HTTP(S) service may still share the port
+through the library's ``process_request``: TLS is below it, as before. After the handshake a
+connection runs on the same TLS transport that ``create_server(ssl=...)`` would have given it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 try:
     from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import ServerConnection
     from websockets.asyncio.server import serve as ws_serve
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 except ImportError as e:  # pragma: no cover - depends on the environment
@@ -29,6 +37,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from hpcdask.comm.addressing import get_ip, parse_host_port, unparse_host_port
 from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes
 from hpcdask.comm.registry import register_backend
+from hpcdask.protocol.auth import auth_timeout
 
 logger = logging.getLogger("hpcdask.comm")
 
@@ -157,6 +166,74 @@ class WS(Comm):
         return self._closed
 
 
+class _TLSServerConnection(ServerConnection):
+    """A websockets server connection that runs its own TLS handshake, so that a refusal is ours.
+
+    The websockets server listens on plain TCP. Before the plain transport reads a byte, this
+    connection takes over a duplicate of the accepted socket, drops the plain transport and
+    runs ``connect_accepted_socket(ssl=...)`` on the duplicate, as tls:// does: a peer whose
+    certificate is refused is logged and closed, and only after a good handshake does the
+    TLS transport call ``connection_made`` again, which starts the library's handler. (Taking
+    the socket over rather than ``start_tls`` on the plain transport: uvloop starts reading
+    right after ``connection_made`` returns, so the ClientHello could be read before
+    ``start_tls`` runs.) After the handshake the data path is the one ``create_server(ssl=)``
+    would have given.
+    """
+
+    def __init__(self, protocol: Any, server: Any, *, tls: ssl.SSLContext, scheme: str,
+                 tasks: set[asyncio.Task], **kw: Any) -> None:  # fmt: skip
+        super().__init__(protocol, server, **kw)
+        self._tls = tls
+        self._scheme = scheme
+        self._tasks = tasks  # the listener's: keeps handshakes in progress referenced
+        self._taken_over = False  # the plain transport has handed over its socket
+        self._started = False  # ServerConnection.connection_made ran (on the TLS transport)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._taken_over:  # the TLS transport, after a good handshake
+            self._started = True
+            super().connection_made(transport)
+            return
+        self._taken_over = True
+        address = transport.get_extra_info("peername")
+        peer = f"{self._scheme}://{unparse_host_port(*address[:2]) if address else '?'}"
+        try:
+            sock = transport.get_extra_info("socket").dup()
+        except (OSError, AttributeError) as e:
+            logger.warning("refused connection from %s: cannot take over its socket: %s", peer, e)
+            transport.abort()
+            return
+        transport.abort()  # closes its own descriptor only; nothing has been read yet
+        task = self.loop.create_task(self._upgrade(sock, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _upgrade(self, sock: Any, peer: str) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: self, sock, ssl=self._tls, ssl_handshake_timeout=auth_timeout()
+            )
+        except (OSError, asyncio.TimeoutError, EOFError) as e:
+            logger.warning(
+                "refused connection from %s: failed authentication (TLS handshake failed: %s)",
+                peer,
+                str(e) or repr(e),
+            )
+            sock.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._started:  # (nothing reaches an unstarted connection; never feed it)
+            super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self._started:
+            super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._started:  # not the plain transport's, nor a refused handshake's
+            super().connection_lost(exc)
+
+
 class WSListener(Listener):
     def __init__(self, scheme: str, loc: str, handler: Callable[[Comm], Any], ssl: Any) -> None:
         self.scheme = scheme
@@ -165,19 +242,30 @@ class WSListener(Listener):
         self._ssl = ssl
         self._server: Any = None
         self._bound: tuple[str, int] | None = None
+        self._upgrades: set[asyncio.Task] = set()  # wss: TLS handshakes in progress
 
     async def start(self) -> None:
+        extra: dict[str, Any] = {}
+        if self._ssl is not None:  # TLS per connection, so that refusals are ours to log
+            tls, scheme, tasks = self._ssl, self.scheme, self._upgrades
+
+            def create_connection(protocol: Any, server: Any, **kw: Any) -> ServerConnection:
+                return _TLSServerConnection(
+                    protocol, server, tls=tls, scheme=scheme, tasks=tasks, **kw
+                )
+
+            extra["create_connection"] = create_connection
         self._server = await ws_serve(
             self._serve,
             self._host or "0.0.0.0",
             self._port,
-            ssl=self._ssl,
             compression=None,
             max_size=_PRE_AUTH_MAX,
             ping_interval=None,
             write_limit=2**20,
             max_queue=_MAX_QUEUE,
             logger=logging.getLogger("hpcdask.comm.ws"),
+            **extra,
         )
         self._bound = self._server.sockets[0].getsockname()[:2]
 
