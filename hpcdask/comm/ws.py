@@ -35,7 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"ws:// needs the websockets package: pip install 'hpcdask[ws]' ({e})") from e
 
 from hpcdask.comm.addressing import get_ip, parse_host_port, unparse_host_port
-from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes
+from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes, host_only
 from hpcdask.comm.registry import register_backend
 from hpcdask.protocol.auth import auth_timeout
 
@@ -90,6 +90,7 @@ class WS(Comm):
     async def write(self, frames: Sequence[Any]) -> int:
         if self._closed:
             raise self._gone()
+        frames = host_only(frames)
         sizes = [frame_nbytes(f) for f in frames]
         total = sum(sizes)
         try:

@@ -114,9 +114,11 @@ def _wss(secret: bytes) -> TransportSpec:
     import websockets  # noqa: F401
 
     security = Security.temporary(secret)
-    # a wrong certificate is refused by TLS before hpcdask sees the peer (see comm/ws.py), so
-    # only the secret is varied here; tls:// covers certificates
-    return TransportSpec("wss", "wss://127.0.0.1:0", security)
+    wrong_ca = Security.temporary(secret)  # right secret, certificate from another CA
+    wrong_secret = _with_secret(security, new_secret())
+    return TransportSpec(
+        "wss", "wss://127.0.0.1:0", security, wrong_security=[wrong_ca, wrong_secret]
+    )
 
 
 _OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = [_tls, _ws, _wss, _ucx]
