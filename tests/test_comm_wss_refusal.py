@@ -163,3 +163,21 @@ def test_wss_conformance_refusal_with_wrong_ca(loop_kind):
         wrong_security=[Security.temporary(secret), wrong_secret],
     )
     _run(loop_kind, check_refuses_unauthenticated(spec))
+
+
+@pytest.mark.parametrize("scheme", ["tls", "wss"])
+def test_client_whose_certificate_is_refused_gets_a_clear_error(scheme, tmp_path):
+    """TLS 1.3 refuses a client certificate after the client's side of the handshake: without
+    care the client saw only closed connections and retried until its timeout."""
+
+    async def main() -> None:
+        good = Security.temporary()
+        listener = await listen(f"{scheme}://127.0.0.1:0", lambda comm: None, security=good)
+        try:
+            with pytest.raises(AuthenticationError, match="does not accept our certificate"):
+                await connect(listener.contact_address,
+                              security=_untrusted_client(good, tmp_path), timeout=60)  # fmt: skip
+        finally:
+            listener.stop()
+
+    _run("asyncio", main())

@@ -29,6 +29,10 @@ logger = logging.getLogger("hpcdask.comm")
 __all__ = ["connect", "listen"]
 
 
+_TLS_DROPS = 3
+_TLS_SCHEMES = ("tls", "wss")
+
+
 def _connect_timeout() -> float:
     return float(config.get("comm.timeouts.connect", 30.0) or 30.0)
 
@@ -60,9 +64,11 @@ async def connect(
     deadline = loop.time() + timeout
     backoff = 0.005
     last: BaseException | None = None
+    drops = 0  # TLS done, then closed before the challenge, in a row
     while True:
         remaining = deadline - loop.time()
         comm: Comm | None = None
+        dropped: CommClosedError | None = None
         try:
             comm = await asyncio.wait_for(
                 backend.connect(loc, security=security, **kwargs), max(remaining, 0.001)
@@ -79,13 +85,24 @@ async def connect(
                 raise AuthenticationError(
                     f"{addr} refused our TLS certificate: {cause.__cause__}"
                 ) from cause
-            last = e  # e.g. the listener was stopping: try again
+            last, dropped = e, cause  # e.g. the listener was stopping: try again
         except ssl.SSLError as e:
             raise AuthenticationError(f"TLS handshake with {addr} failed: {e}") from e
+        except CommClosedError as e:  # the transport's own handshake (e.g. websockets') failed
+            last, dropped = e, e
         except (OSError, asyncio.TimeoutError) as e:
-            if comm is not None:
-                comm.abort()
             last = e
+        if comm is not None:
+            comm.abort()
+        # In TLS 1.3 the server checks our certificate after our side of the handshake is done;
+        # its alert is often lost as it drops us, so all we see is the close.
+        drops = drops + 1 if dropped is not None and scheme in _TLS_SCHEMES else 0
+        if drops >= _TLS_DROPS:
+            raise AuthenticationError(
+                f"{addr} closed the connection right after the TLS handshake {drops} times in "
+                "a row: it most likely does not accept our certificate (check Security's "
+                "tls_client_cert and the server's tls_ca_file; the server's log says why)"
+            ) from dropped
         remaining = deadline - loop.time()
         if remaining <= 0:
             reason = f"{type(last).__name__}: {last}" if last else "timed out"

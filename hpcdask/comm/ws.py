@@ -332,6 +332,9 @@ class WSBackend(Backend):
                 proxy=None,
             )
         except InvalidHandshake as e:
+            if ssl is not None and isinstance(e.__cause__, (EOFError, ConnectionError)):
+                # dropped after TLS, before any HTTP answer: see _TLS_DROPS in comm/core.py
+                raise CommClosedError(f"{uri} closed the connection after the TLS handshake") from e
             raise ConnectionRefusedError(f"{uri}: {e}") from e
         local = f"{self.scheme}://{unparse_host_port(*ws.local_address[:2])}"
         return WS(ws, local, f"{self.scheme}://{loc}", True)
