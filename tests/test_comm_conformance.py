@@ -6,7 +6,6 @@ check runs once per loop implementation.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
@@ -15,6 +14,7 @@ os.environ.setdefault("UCX_NET_DEVICES", "lo")  # UCX would otherwise use every 
 os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
 
 from hpcdask.testing.conformance import CHECKS, builtin_transports
+from hpcdask.testing.loops import run_on_loop
 
 TRANSPORTS = {t.scheme: t for t in builtin_transports()}
 
@@ -23,25 +23,8 @@ pytestmark = pytest.mark.timeout(90)
 
 def _run(loop_kind: str, coro) -> None:
     if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(coro)
-    finally:
-        # as asyncio.run does: handler tasks of listeners that were stopped still wait
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(_gather(pending))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-
-async def _gather(tasks) -> None:
-    await asyncio.wait(tasks, timeout=10)
+        pytest.importorskip("uvloop")
+    run_on_loop(loop_kind, coro)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])

@@ -21,6 +21,7 @@ from hpcdask.comm import CommClosedError, connect, get_backend, listen  # noqa: 
 from hpcdask.protocol.auth import AuthenticationError  # noqa: E402
 from hpcdask.security import Security, new_secret  # noqa: E402
 from hpcdask.testing.conformance import TransportSpec, check_refuses_unauthenticated  # noqa: E402
+from hpcdask.testing.loops import run_on_loop  # noqa: E402
 from hpcdask.testing.polling import async_wait_for  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,20 +32,8 @@ TLS_FAILED = "failed authentication (TLS handshake failed: "
 
 def _run(loop_kind: str, coro) -> None:
     if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(coro, 45))
-    finally:
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.wait(pending, timeout=10))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        pytest.importorskip("uvloop")
+    run_on_loop(loop_kind, coro, timeout=45)
 
 
 def _untrusted_client(server: Security, tmp_path) -> Security:

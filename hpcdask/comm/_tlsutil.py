@@ -11,7 +11,7 @@ import os
 import socket
 import ssl
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpcdask.security import Security
@@ -130,3 +130,31 @@ def build_context(security: Security, role: str, server_side: bool) -> ssl.SSLCo
     ctx.load_verify_locations(cafile=security.tls_ca_file)
     ctx.load_cert_chain(cert, key or None)
     return ctx
+
+
+async def accept_tls(
+    protocol_factory: Any, sock: socket.socket, context: ssl.SSLContext, peer: str
+) -> bool:
+    """Run the server side of the TLS handshake on an accepted socket.
+
+    A peer that fails it (say, a certificate from another CA) is logged as a refused connection
+    and its socket closed; returns whether the connection now runs *protocol_factory*'s protocol.
+    """
+    import asyncio
+    import logging
+
+    from hpcdask.protocol.auth import auth_timeout
+
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(
+            protocol_factory, sock, ssl=context, ssl_handshake_timeout=auth_timeout()
+        )
+    except (OSError, asyncio.TimeoutError, EOFError) as e:
+        logging.getLogger("hpcdask.comm").warning(
+            "refused connection from %s: failed authentication (TLS handshake failed: %s)",
+            peer,
+            str(e) or repr(e),
+        )
+        sock.close()
+        return False
+    return True

@@ -17,11 +17,11 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from hpcdask.comm._tlsutil import accept_tls
 from hpcdask.comm.addressing import unparse_host_port
 from hpcdask.comm.base import Comm, Listener
 from hpcdask.comm.registry import register_backend
 from hpcdask.comm.tcp import TCP, TCPBackend, TCPListener, _Protocol, logger
-from hpcdask.protocol.auth import auth_timeout
 
 __all__ = ["TLSBackend", "TLSListener"]
 
@@ -86,18 +86,7 @@ class TLSListener(TCPListener):
             # before any byte is parsed, so the handshake bounds apply
             comms.append(TCP(p, local, peer, False))
 
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _Protocol(on_connection), conn, ssl=self._context,
-                ssl_handshake_timeout=auth_timeout(),
-            )  # fmt: skip
-        except (OSError, asyncio.TimeoutError, EOFError) as e:
-            logger.warning(
-                "refused connection from %s: failed authentication (TLS handshake failed: %s)",
-                peer,
-                str(e) or repr(e),
-            )
-            conn.close()
+        if not await accept_tls(lambda: _Protocol(on_connection), conn, self._context, peer):
             return
         await self._run(comms[0])  # (uvloop returns its SSL protocol, not ours)
 

@@ -34,10 +34,10 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"ws:// needs the websockets package: pip install 'hpcdask[ws]' ({e})") from e
 
+from hpcdask.comm._tlsutil import accept_tls
 from hpcdask.comm.addressing import get_ip, parse_host_port, unparse_host_port
 from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes, host_only
 from hpcdask.comm.registry import register_backend
-from hpcdask.protocol.auth import auth_timeout
 
 logger = logging.getLogger("hpcdask.comm")
 
@@ -210,17 +210,7 @@ class _TLSServerConnection(ServerConnection):
         task.add_done_callback(self._tasks.discard)
 
     async def _upgrade(self, sock: Any, peer: str) -> None:
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: self, sock, ssl=self._tls, ssl_handshake_timeout=auth_timeout()
-            )
-        except (OSError, asyncio.TimeoutError, EOFError) as e:
-            logger.warning(
-                "refused connection from %s: failed authentication (TLS handshake failed: %s)",
-                peer,
-                str(e) or repr(e),
-            )
-            sock.close()
+        await accept_tls(lambda: self, sock, self._tls, peer)
 
     def data_received(self, data: bytes) -> None:
         if self._started:  # (nothing reaches an unstarted connection; never feed it)

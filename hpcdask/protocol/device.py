@@ -10,6 +10,8 @@ bytes copy them to host first (`host_frames`), and the receiver rebuilds a devic
 host copy.
 
 No GPU library is imported by this module: each is looked at only once the program imported it.
+Objects that need cloudpickle (instances of classes defined in ``__main__``, lambdas) and task
+arguments carry their device arrays the ordinary way, through host memory.
 """
 
 from __future__ import annotations

@@ -54,19 +54,18 @@ class Pickled:
             return cls._cloudpickle(obj, None)
         buffers: list = []
         try:
+            device: list = []
             if _device.active():
-                f, device = io.BytesIO(), []
+                f = io.BytesIO()
                 _device.DevicePickler(f, _collector(buffers), device).dump(obj)
                 data = f.getvalue()
-                if device:
-                    return cls(data, buffers + device, len(device))
             else:
                 data = pickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
         except Exception as e:
             return cls._cloudpickle(obj, e)
         if b"__main__" in data:  # e.g. an instance of a class defined in a script
             return cls._cloudpickle(obj, None)
-        return cls(data, buffers)
+        return cls(data, buffers + device, len(device)) if device else cls(data, buffers)
 
     @classmethod
     def _cloudpickle(cls, obj: Any, first_error: Exception | None) -> Pickled:
