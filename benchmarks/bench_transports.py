@@ -1,13 +1,16 @@
 """Transfer micro-benchmark of the comm layer between two processes.
 
     .venv/bin/python benchmarks/bench_transports.py [--sizes 1,64,256] [--reps 5]
-        [--transports raw-tcp,tcp,tls,raw-ucx,ucx-perftest,ucx] [--pingpong 2000]
+        [--transports raw-tcp,tcp,tls,raw-ucx,ucx-perftest,ucx,w2w-tcp,w2w-tls,w2w-ucx]
+        [--pingpong 2000]
 
 For each transport a receiver process is started; the sender writes one frame of each size
 and waits for a one-byte acknowledgement, REPS times; the table shows GB/s of the best and the
 median repetition. The raw baselines use the same pattern, receiving into one warm buffer per
 size as ucx_perftest does: plain blocking sockets, and ucxx tag send/recv with the same UCX
-settings as ucx://. `ucx-perftest` runs UCX's own `ucx_perftest -t tag_bw` (shipped in the
+settings as ucx://. `w2w-SCHEME` is worker-to-worker through the whole runtime: a task on one
+worker of a LocalCluster over SCHEME whose input lives on the other (start of the task minus
+the same for an 8-byte input). `ucx-perftest` runs UCX's own `ucx_perftest -t tag_bw` (shipped in the
 libucx wheel) and shows its overall bandwidth. hpcdask's transports receive each message into
 the buffer the transport picks (comm/bufpool.py). Small-message round trips (msgpack message
 of one small dict) are timed too.
@@ -256,7 +259,36 @@ def _ucx_perftest(sizes, reps) -> dict:
     return out
 
 
+def worker_to_worker(scheme: str, sizes, reps) -> dict:
+    """Through the whole runtime: LocalCluster(2 worker processes) over *scheme*; the time from
+    submitting a task on worker B until it starts, its input array living on worker A, minus
+    the same for an 8-byte input (benchmarks/core.py does this for tcp:// only)."""
+    import statistics
+
+    from benchmarks import _tasks
+    from benchmarks.core import _arrival_delay
+    from hpcdask import Client, LocalCluster, wait
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, protocol=scheme,
+                      security=True if scheme == "tls" else None) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        client.wait_for_workers(2)
+        a, b = sorted(client.scheduler_info()["workers"])
+        client.run(_tasks.random_array, max(sizes))  # draw the random bytes outside the timing
+        base = statistics.median(_arrival_delay(client, wait, a, b, 8, i) for i in range(9))
+        out: dict = {}
+        for size in sizes:
+            _arrival_delay(client, wait, a, b, size, 0)  # warm: heap growth, buffer pools
+            out[size] = []
+            for i in range(reps):
+                time.sleep(0.2)  # let both workers release the previous copies
+                out[size].append(max(_arrival_delay(client, wait, a, b, size, i) - base, 1e-9))
+    return out
+
+
 def run(kind: str, sizes, reps, pingpong) -> dict:
+    if kind.startswith("w2w-"):
+        return worker_to_worker(kind[4:], sizes, reps)
     if kind == "ucx-perftest":
         return _ucx_perftest(sizes, reps)
     if not kind.startswith("raw"):
@@ -280,7 +312,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="1,64,256", help="MiB, comma separated")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--transports", default="raw-tcp,tcp,tls,raw-ucx,ucx-perftest,ucx")
+    p.add_argument("--transports",
+                   default="raw-tcp,tcp,tls,raw-ucx,ucx-perftest,ucx,w2w-tcp,w2w-tls,w2w-ucx")
     p.add_argument("--pingpong", type=int, default=2000, help="small round trips to time")
     p.add_argument("--receiver", help=argparse.SUPPRESS)
     args = p.parse_args()
