@@ -29,6 +29,8 @@ from typing import Any
 
 try:
     import ucxx
+    from ucxx._lib.arr import Array
+    from ucxx.types import Tag, TagMaskFull
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"ucx:// needs the ucxx package, which is not installed: pip install 'hpcdask[ucx]' ({e})"
@@ -38,6 +40,7 @@ from hpcdask import config
 from hpcdask.comm.addressing import get_ip, parse_host_port, unparse_host_port
 from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes
 from hpcdask.comm.registry import register_backend
+from hpcdask.comm.ucx_progress import progress_for
 from hpcdask.protocol import device
 
 logger = logging.getLogger("hpcdask.comm")
@@ -157,10 +160,11 @@ class UCX(Comm):
         self.peer_address = peer
         self._closed = False
         self._peer_closed = False
-        self._pending: dict[asyncio.Future, int] = {}
+        self._pending: dict[asyncio.Future, tuple[int, Any]] = {}
         self._pending_bytes = 0
         self._error: BaseException | None = None
         self._hello_seen = initiator  # only a listener's comm expects the initiator's hello
+        self._progress = progress_for(asyncio.get_running_loop())
 
     async def write(self, frames: Sequence[Any]) -> int:
         if self._closed or self._peer_closed:
@@ -198,10 +202,11 @@ class UCX(Comm):
         # Post every piece now, in order, and return without waiting for delivery: a
         # rendezvous send only completes once the receiver posted its receive, so waiting here
         # would deadlock a task that writes and then reads the other end of an in-process pair.
-        # Tasks start in creation order and ucxx posts a send in its first step, so the pieces
-        # of concurrent writes cannot interleave.
+        # Posting is synchronous, so the pieces of concurrent writes cannot interleave.
         for buf in sends:
             self._post(buf)
+            if self._error is not None:
+                break
         while self._pending_bytes > _HIGH_WATER and self._pending and not self._closed:
             await asyncio.wait(list(self._pending), return_when=asyncio.FIRST_COMPLETED)
         if self._error is not None:
@@ -209,14 +214,25 @@ class UCX(Comm):
         return total
 
     def _post(self, buf: Any) -> None:
-        fut = asyncio.ensure_future(self._ep.send(buf))
-        size = frame_nbytes(buf)
-        self._pending[fut] = size
-        self._pending_bytes += size
+        ep = self._ep
+        arr = Array(buf)
+        try:
+            ep._ep.raise_on_error()
+            if ep.closed:
+                raise ucxx.exceptions.UCXCloseError("Endpoint closed")
+            request = ep._ep.tag_send(arr, Tag(ep._tags["msg_send"]))
+        except Exception as e:
+            self._error = e
+            self.abort()
+            return
+        fut = self._progress.wait(request)
+        self._pending[fut] = (arr.nbytes, arr)  # keeps the buffer alive until it is sent
+        self._pending_bytes += arr.nbytes
         fut.add_done_callback(self._sent)
 
     def _sent(self, fut: asyncio.Future) -> None:
-        self._pending_bytes -= self._pending.pop(fut, 0)
+        size, _ = self._pending.pop(fut, (0, None))
+        self._pending_bytes -= size
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -225,8 +241,23 @@ class UCX(Comm):
             self.abort()
 
     async def _recv(self, buf: Any) -> None:
+        ep = self._ep
+        arr = Array(buf)
+        tag = Tag(ep._tags["msg_recv"]) if ep is not None else None
         try:
-            await self._ep.recv(buf)
+            try:
+                ep._ep.raise_on_error()
+                if ep.closed:
+                    raise ucxx.exceptions.UCXCloseError("Endpoint closed")
+                request = ep._ep.tag_recv(arr, tag, TagMaskFull)
+                await self._progress.wait(request)
+            except (ucxx.exceptions.UCXError, ucxx.exceptions.UCXCanceled):
+                # The peer is gone, but what it sent before may be queued here still.
+                worker = self._progress.worker
+                info = worker.tag_probe(tag, remove=True) if worker is not None else None
+                if info is None or not info.matched:
+                    raise
+                await self._progress.wait(worker.tag_recv_with_handle(arr, info))
         except Exception as e:
             self.abort()
             raise _closed(f"ucx comm to {self.peer_address} closed", e) from e
@@ -306,7 +337,8 @@ class UCX(Comm):
             marker = bytearray(_HEADER)
             struct.pack_into("<Q", marker, 0, _F_CLOSE)
             try:  # after everything written before (posted in order), bounded
-                await asyncio.wait_for(self._ep.send(marker), 2)
+                self._post(marker)
+                await asyncio.wait_for(asyncio.gather(*self._pending), 2)
             except Exception:
                 pass
         self.abort()
