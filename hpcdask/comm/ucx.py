@@ -160,7 +160,7 @@ class UCX(Comm):
         self.peer_address = peer
         self._closed = False
         self._peer_closed = False
-        self._pending: dict[asyncio.Future, tuple[int, Any]] = {}
+        self._pending: dict[asyncio.Future, int] = {}
         self._pending_bytes = 0
         self._error: BaseException | None = None
         self._hello_seen = initiator  # only a listener's comm expects the initiator's hello
@@ -225,14 +225,13 @@ class UCX(Comm):
             self._error = e
             self.abort()
             return
-        fut = self._progress.wait(request)
-        self._pending[fut] = (arr.nbytes, arr)  # keeps the buffer alive until it is sent
+        fut = self._progress.wait(request, arr)
+        self._pending[fut] = arr.nbytes
         self._pending_bytes += arr.nbytes
         fut.add_done_callback(self._sent)
 
     def _sent(self, fut: asyncio.Future) -> None:
-        size, _ = self._pending.pop(fut, (0, None))
-        self._pending_bytes -= size
+        self._pending_bytes -= self._pending.pop(fut, 0)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -250,14 +249,14 @@ class UCX(Comm):
                 if ep.closed:
                     raise ucxx.exceptions.UCXCloseError("Endpoint closed")
                 request = ep._ep.tag_recv(arr, tag, TagMaskFull)
-                await self._progress.wait(request)
+                await self._progress.wait(request, arr)
             except (ucxx.exceptions.UCXError, ucxx.exceptions.UCXCanceled):
                 # The peer is gone, but what it sent before may be queued here still.
                 worker = self._progress.worker
                 info = worker.tag_probe(tag, remove=True) if worker is not None else None
                 if info is None or not info.matched:
                     raise
-                await self._progress.wait(worker.tag_recv_with_handle(arr, info))
+                await self._progress.wait(worker.tag_recv_with_handle(arr, info), arr)
         except Exception as e:
             self.abort()
             raise _closed(f"ucx comm to {self.peer_address} closed", e) from e

@@ -29,7 +29,7 @@ _SAFETY_NET = 1.0  # seconds between progress calls however quiet UCX's descript
 class Progress(ProgressTask):
     def __init__(self, worker: Any, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(worker, loop)  # also cancels our timer when the loop closes
-        self._waiting: dict[Any, asyncio.Future] = {}
+        self._waiting: dict[Any, tuple[asyncio.Future, Any]] = {}
         self._scheduled = False
         self._replaced: Any = None
         self._fd = worker.epoll_file_descriptor
@@ -49,10 +49,13 @@ class Progress(ProgressTask):
         except Exception:  # the loop is closed already
             pass
 
-    def wait(self, request: Any) -> asyncio.Future:
-        """A future that completes (or fails) with *request*."""
+    def wait(self, request: Any, buffer: Any) -> asyncio.Future:
+        """A future that completes (or fails) with *request*.
+
+        *buffer* is kept alive until UCX is done with it, even if the future is cancelled.
+        """
         fut = self.event_loop.create_future()
-        self._waiting[request] = fut
+        self._waiting[request] = (fut, buffer)
         self.kick()
         return fut
 
@@ -77,7 +80,7 @@ class Progress(ProgressTask):
     def _complete(self) -> None:
         done = [r for r in self._waiting if r.completed]
         for request in done:
-            fut = self._waiting.pop(request)
+            fut, _ = self._waiting.pop(request)
             if fut.done():
                 continue
             try:
