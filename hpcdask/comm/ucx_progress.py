@@ -31,6 +31,7 @@ class Progress(ProgressTask):
         super().__init__(worker, loop)  # also cancels our timer when the loop closes
         self._waiting: dict[Any, tuple[asyncio.Future, Any]] = {}
         self._scheduled = False
+        self._running = False
         self._replaced: Any = None
         self._fd = worker.epoll_file_descriptor
         loop.add_reader(self._fd, self.run)
@@ -60,22 +61,29 @@ class Progress(ProgressTask):
         return fut
 
     def kick(self) -> None:
-        """Progress soon: new work was posted (UCX may need progress to send it)."""
-        if not self._scheduled:
+        """Progress now: new work was posted (UCX may need progress to send it), and an eager
+        message often completes at once, which saves a turn of the loop per message."""
+        if not self._running:
+            self.run()
+        elif not self._scheduled:
             self._scheduled = True
             self.event_loop.call_soon(self.run)
 
     def run(self) -> None:
         self._scheduled = False
         worker = self.worker
-        if worker is None:
+        if worker is None or self._running:
             return
-        while True:
-            worker.progress()
-            if self._waiting:
-                self._complete()
-            if worker.arm():  # False: events arrived meanwhile, progress again
-                return
+        self._running = True
+        try:
+            while True:
+                worker.progress()
+                if self._waiting:
+                    self._complete()
+                if worker.arm():  # False: events arrived meanwhile, progress again
+                    return
+        finally:
+            self._running = False
 
     def _complete(self) -> None:
         done = [r for r in self._waiting if r.completed]
