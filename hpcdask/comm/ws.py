@@ -12,9 +12,13 @@ the TLS handshake of each accepted connection itself, before websockets sees a b
 _TLSServerConnection), so that, as with tls://, a peer refused by TLS (e.g. a certificate
 from another CA) is logged on the ``hpcdask.comm`` logger as "refused connection from
 wss://host:port: failed authentication (TLS handshake failed: <reason>)" and dropped without
-a traceback, while the listener keeps serving. An HTTP(S) service may still share the port
-through the library's ``process_request``: TLS is below it, as before. After the handshake a
-connection runs on the same TLS transport that ``create_server(ssl=...)`` would have given it.
+a traceback, while the listener keeps serving. After the handshake a connection runs on the
+same TLS transport that ``create_server(ssl=...)`` would have given it.
+
+Plain HTTP(S) requests share the port: ``listen(addr, handler, http_routes={path: fn})``
+answers GET *path* with ``fn() -> (status, text)`` and anything but our own path with 404. A
+scheduler serves ``/health`` this way (for load balancers and ingresses), nothing more: the
+port is reachable by anyone, and only peers holding the secret learn about the cluster.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 import ssl
 import struct
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import Any
 
 try:
@@ -226,11 +231,13 @@ class _TLSServerConnection(ServerConnection):
 
 
 class WSListener(Listener):
-    def __init__(self, scheme: str, loc: str, handler: Callable[[Comm], Any], ssl: Any) -> None:
+    def __init__(self, scheme: str, loc: str, handler: Callable[[Comm], Any], ssl: Any,
+                 http_routes: dict[str, Callable[[], tuple[int, str]]] | None = None) -> None:  # fmt: skip
         self.scheme = scheme
         self._host, self._port, self._path = _split(loc)
         self._handler = handler
         self._ssl = ssl
+        self._routes = dict(http_routes or {})
         self._server: Any = None
         self._bound: tuple[str, int] | None = None
         self._upgrades: set[asyncio.Task] = set()  # wss: TLS handshakes in progress
@@ -250,6 +257,7 @@ class WSListener(Listener):
             self._serve,
             self._host or "0.0.0.0",
             self._port,
+            process_request=self._process_request,
             compression=None,
             max_size=_PRE_AUTH_MAX,
             ping_interval=None,
@@ -259,6 +267,18 @@ class WSListener(Listener):
             **extra,
         )
         self._bound = self._server.sockets[0].getsockname()[:2]
+
+    def _process_request(self, connection: Any, request: Any) -> Any:
+        """Plain HTTP requests on the same port: the routes given (e.g. a scheduler's /health),
+        404 for anything else. Our own path goes on to the WebSocket handshake."""
+        path = request.path.split("?", 1)[0]
+        if path == self._path:
+            return None
+        route = self._routes.get(path)
+        if route is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        status, text = route()
+        return connection.respond(HTTPStatus(status), text)
 
     async def _serve(self, ws: Any) -> None:
         peer = f"{self.scheme}://{unparse_host_port(*ws.remote_address[:2])}"
@@ -330,7 +350,8 @@ class WSBackend(Backend):
         return WS(ws, local, f"{self.scheme}://{loc}", True)
 
     def get_listener(self, loc: str, handler: Callable[[Comm], Any], **kw: Any) -> Listener:
-        return WSListener(self.scheme, loc, handler, self._ssl(kw, "scheduler", True))
+        return WSListener(self.scheme, loc, handler, self._ssl(kw, "scheduler", True),
+                          http_routes=kw.get("http_routes"))  # fmt: skip
 
     def get_address_host(self, loc: str) -> str:
         return _split(loc)[0]

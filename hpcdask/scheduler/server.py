@@ -28,6 +28,8 @@ from ..utils.logs import LogBuffer
 
 logger = logging.getLogger("hpcdask.scheduler")
 
+_HTTP_ROUTES = {"/health": lambda: (200, "ok\n")}
+
 
 class Scheduler(Server):
     """Central scheduler. `await Scheduler(...)` starts it; `.address` is where to connect."""
@@ -105,7 +107,9 @@ class Scheduler(Server):
             return self
         self._workers_changed = asyncio.Event()
         self._finished = asyncio.Event()
-        listener = await self.listen(self.listen_address)
+        # Transports that speak HTTP (ws://, wss://) answer health checks on the same port,
+        # e.g. a load balancer's or an ingress's; nothing there reveals anything about the cluster.
+        listener = await self.listen(self.listen_address, http_routes=_HTTP_ROUTES)
         self.address = listener.contact_address
         if self._want_inproc:  # clients in this process skip the network stack
             self.inproc_address = (await self.listen("inproc://")).contact_address
