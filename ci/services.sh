@@ -15,7 +15,7 @@ run() {
 }
 [ -f "$here/mpi_setup.sh" ] && run MPI bash "$here/mpi_setup.sh" "$venv"
 # UCX runs on CPU from PyPI wheels (no GPU needed): the ucx:// tests use it over loopback.
-run UCX "$venv/bin/python" -m pip install -q --disable-pip-version-check "ucxx-cu12>=0.45"
+run UCX "$venv/bin/python" -m pip install -q --disable-pip-version-check "ucxx-cu12>=0.52,<0.53"
 if [ "$(id -u)" = 0 ]; then
   [ -f "$here/slurm_setup.sh" ] && run SLURM bash "$here/slurm_setup.sh"
   [ -f "$here/sge_setup.sh" ] && run SGE bash "$here/sge_setup.sh"

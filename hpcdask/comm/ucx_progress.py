@@ -11,6 +11,10 @@ that first initialised UCX, which breaks a process that runs more than one loop.
 it fires, or when we posted new work, it progresses the worker, completes the asyncio futures of
 finished requests and re-arms the worker. A timer every second is the safety net that ucxx's
 mode has too.
+
+This leans on ucxx internals (`ProgressTask`, the per-loop `ProgressTasks`, and in comm/ucx.py
+an Endpoint's `_ep` and `_tags`), hence the pin of ucxx-cu12 to the minor version tested
+(pyproject.toml).
 """
 
 from __future__ import annotations
