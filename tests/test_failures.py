@@ -109,13 +109,35 @@ def test_worker_cli_reports_an_unreachable_scheduler_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:  # bound, never listening: refuses, and nobody else can take it
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "hpcdask", "worker", f"tcp://127.0.0.1:{port}",
-                           "--no-nanny", "--death-timeout", "1"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          env={**os.environ, "HPCDASK_SECRET": "ab" * 32})  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "hpcdask", "worker", f"tcp://127.0.0.1:{port}",
+                               "--no-nanny", "--death-timeout", "1"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "HPCDASK_SECRET": "ab" * 32})  # fmt: skip
     assert proc.returncode == 18, proc.stderr
     assert "cannot reach the scheduler" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_worker_at_its_lifetime_waits_for_an_heir_before_leaving():
+    """At the end of a walltime the replacement job may start late: the leaving worker keeps
+    its unique data until another worker arrives to take it, instead of losing it."""
+    from hpcdask import Client, Scheduler, Worker
+    from hpcdask.testing.polling import async_wait_for
+
+    async with Scheduler(host="127.0.0.1") as s:
+        w1 = await Worker(s.address, nthreads=1, lifetime=0.5).start()
+        async with Client(s.address, asynchronous=True) as c:
+            fut = c.submit(os.urandom, 64, workers=[w1.address])
+            value = await fut
+            # its lifetime is over, nobody to hand the data to: it waits
+            await async_wait_for(lambda: s.state.workers[w1.address].status == "closing_gracefully")
+            assert w1.status == "running"
+            async with Worker(s.address, nthreads=1) as w2:
+                await async_wait_for(lambda: w1.status != "running")
+                assert [ws.address for ws in s.state.tasks[fut.key].who_has] == [w2.address]
+                again = c.submit(bytes, fut, workers=[w2.address], pure=False)
+                assert await again == value  # handed over, not recomputed
+        await w1.close()

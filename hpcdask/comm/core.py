@@ -91,7 +91,10 @@ async def connect(
         except CommClosedError as e:  # the transport's own handshake (e.g. websockets') failed
             last, dropped = e, e
         except (OSError, asyncio.TimeoutError) as e:
-            last = e
+            # An attempt cut short by our own deadline says less than the error before it
+            # (say, connection refused), which is what callers and users need to see.
+            if last is None or not isinstance(e, asyncio.TimeoutError):
+                last = e
         if comm is not None:
             comm.abort()
         # In TLS 1.3 the server checks our certificate after our side of the handshake is done;

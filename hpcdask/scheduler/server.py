@@ -29,6 +29,7 @@ from ..utils.logs import LogBuffer
 logger = logging.getLogger("hpcdask.scheduler")
 
 _HTTP_ROUTES = {"/health": lambda: (200, "ok\n")}
+HEIR_WAIT = 60.0  # seconds a worker at its lifetime waits for another to take its unique data
 
 
 class Scheduler(Server):
@@ -275,8 +276,8 @@ class Scheduler(Server):
                     info["last_seen"] = time.time()
             elif op == "closing":
                 self.closing_workers.add(addr)
-            elif op == "retire-me":
-                self.spawn(self._retire([addr], close=True))
+            elif op == "retire-me":  # a worker at its lifetime (walltime): wait for heirs
+                self.spawn(self._retire([addr], close=True, heir_wait=HEIR_WAIT))
         if events:
             self.apply(*events)
 
@@ -450,16 +451,35 @@ class Scheduler(Server):
         await self._retire(resolved, close=msg.get("close", True))
         return resolved
 
-    async def _retire(self, workers: list[str], close: bool = True, timeout: float = 60) -> None:
-        """Copy data held only by these workers elsewhere, then let them go."""
+    async def _retire(self, workers: list[str], close: bool = True, timeout: float = 60,
+                      heir_wait: float = 0) -> None:  # fmt: skip
+        """Copy data held only by these workers elsewhere, then let them go.
+
+        With *heir_wait*, a worker whose data nobody else could take waits up to that long for
+        a worker to arrive (a replacement job's, at the end of a walltime) before it leaves.
+        """
         retiring = {self.state.workers[a] for a in workers if a in self.state.workers}
         if not retiring:
             return
         for ws in retiring:
             ws.status = "closing_gracefully"
             self.state.idle.discard(ws)
-        keep = [w for w in self.state.workers.values() if w not in retiring]
+
+        def heirs() -> list:  # not workers that are leaving themselves
+            return [w for w in self.state.workers.values()
+                    if w not in retiring and w.status != "closing_gracefully"]  # fmt: skip
+
+        keep = heirs()
         deadline = time.monotonic() + timeout
+        if not keep and heir_wait and self._holds_unique_data(retiring):
+            logger.info("%s: waiting up to %gs for a worker to hand data to",
+                        ", ".join(w.address for w in retiring), heir_wait)  # fmt: skip
+            until = time.monotonic() + heir_wait
+            while not keep and time.monotonic() < until and all(
+                    w.address in self.state.workers for w in retiring):  # fmt: skip
+                await self._wait_workers_changed(until - time.monotonic())
+                keep = heirs()
+            deadline = time.monotonic() + timeout
         while keep and time.monotonic() < deadline:
             plan: dict[str, dict[str, list[str]]] = {}
             for ws in retiring:
@@ -477,6 +497,10 @@ class Scheduler(Server):
             bs = self.worker_streams.get(ws.address)
             if close and bs is not None and not bs.closed():
                 bs.send({"op": "close", "nanny": True})
+
+    def _holds_unique_data(self, retiring: set) -> bool:
+        return any(ts.who_has and ts.who_has <= retiring and (ts._wants or ts.waiters)
+                   for ws in retiring for ts in ws.has_what)  # fmt: skip
 
     async def _register_worker_plugin(self, comm: Any, msg: dict) -> dict:
         name = msg["name"]
