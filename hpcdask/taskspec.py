@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 
+from .protocol import device as _device
 from .protocol.serialize import Pickled
 
 
@@ -39,17 +40,23 @@ def _ref_key(obj: Any) -> str | None:
 
 
 class _RefsMixin:
-    """Pickle futures and KeyRefs as persistent ids, collecting their keys as dependencies."""
+    """Pickle futures and KeyRefs as persistent ids, collecting their keys as dependencies;
+    while a GPU library is loaded, device arrays become device frames (protocol/device.py)."""
 
     def __init__(self, file: io.BytesIO, buffers: list, deps: list) -> None:
         super().__init__(file, protocol=5, buffer_callback=buffers.append)
         self.deps = deps
+        self.device: list = []
+        self._gpu = _device.active()
 
-    def persistent_id(self, obj: Any) -> str | None:
+    def persistent_id(self, obj: Any) -> Any:
         key = _ref_key(obj)
         if key is not None:
             self.deps.append(key)
-        return key
+            return key
+        if self._gpu:
+            return _device.device_pid(obj, self.device)
+        return None
 
 
 class _ArgsPickler(_RefsMixin, pickle.Pickler):
@@ -74,14 +81,16 @@ def dumps_args(args: tuple, kwargs: dict | None) -> tuple[Any, list[str]]:
         buffers: list = []
         deps: list[str] = []
         try:
-            cls(f, buffers, deps).dump(obj)
+            pickler = cls(f, buffers, deps)
+            pickler.dump(obj)
         except Exception as e:
             err = e
             continue
         payload = f.getvalue()
-        if not buffers:
+        if not buffers and not pickler.device:
             return payload, list(dict.fromkeys(deps))
-        return Pickled(payload, [b.raw() for b in buffers]), list(dict.fromkeys(deps))
+        frames = [b.raw() for b in buffers] + pickler.device
+        return Pickled(payload, frames, len(pickler.device)), list(dict.fromkeys(deps))
     raise TypeError(f"Could not serialize the arguments of a task: {err}") from err
 
 
@@ -91,8 +100,14 @@ def loads_args(payload: Any, data: dict) -> tuple[tuple, dict]:
         header, buffers = payload.data, payload.buffers
     else:
         header, buffers = payload, None
-    up = pickle.Unpickler(io.BytesIO(header), buffers=buffers)
-    up.persistent_load = data.__getitem__
+    if buffers is not None and payload.ndevice:
+        split = len(buffers) - payload.ndevice
+        up = _device.DeviceUnpickler(io.BytesIO(header), buffers[:split], buffers[split:])
+        device_load = up.persistent_load
+        up.persistent_load = lambda pid: data[pid] if type(pid) is str else device_load(pid)
+    else:
+        up = pickle.Unpickler(io.BytesIO(header), buffers=buffers)
+        up.persistent_load = data.__getitem__
     obj = up.load()
     if type(obj) is tuple and len(obj) == 2 and type(obj[1]) is dict and type(obj[0]) is tuple:
         return obj

@@ -95,3 +95,19 @@ def test_gpu_buffers_between_workers(proto_client):
         assert sender["to_host"] == 0 and seen["counts"]["host_rebuilds"] == 0, (sender, seen)
     else:
         assert sender["to_host"] >= 1 and seen["counts"]["host_rebuilds"] >= 1, (sender, seen)
+
+
+def test_gpu_arrays_as_task_arguments(proto_client):
+    """A device array passed straight to submit() arrives as a device array (stand-in GPU)."""
+    from hpcdask.testing import fakedevice
+
+    _, client = proto_client
+    fakedevice.install()
+    client.run(fakedevice.install)
+    try:
+        arr = fakedevice.make(100_000)
+        seen = client.submit(fakedevice.describe, arr, pure=False).result(timeout=60)
+    finally:
+        client.run(fakedevice.uninstall)
+        fakedevice.uninstall()
+    assert seen["type"] == "FakeDeviceArray" and seen["sum"] == sum(range(100_000))

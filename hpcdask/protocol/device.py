@@ -10,8 +10,9 @@ bytes copy them to host first (`host_frames`), and the receiver rebuilds a devic
 host copy.
 
 No GPU library is imported by this module: each is looked at only once the program imported it.
-Objects that need cloudpickle (instances of classes defined in ``__main__``, lambdas) and task
-arguments carry their device arrays the ordinary way, through host memory.
+Task arguments use the same device frames (taskspec.py); objects that need cloudpickle
+(instances of classes defined in ``__main__``, lambdas) carry theirs the ordinary way, through
+host memory.
 """
 
 from __future__ import annotations
@@ -153,6 +154,18 @@ def _flat(host: Any) -> memoryview:
     return memoryview(numpy.asarray(host).reshape(-1, order="A").view(numpy.uint8))
 
 
+def device_pid(obj: Any, device: list) -> Any:
+    """The persistent id of a device array (its frame appended to *device*), or None."""
+    entry = _BY_TYPE.get(type(obj))
+    if entry is None:
+        return None
+    global seen
+    seen = True
+    meta, frame = entry.to_frame(obj)
+    device.append(frame)
+    return (_PID, entry.name, meta, len(device) - 1)
+
+
 class DevicePickler(pickle.Pickler):
     """A protocol-5 pickler that sets device arrays aside as device frames."""
 
@@ -161,14 +174,7 @@ class DevicePickler(pickle.Pickler):
         self.device = device
 
     def persistent_id(self, obj: Any) -> Any:
-        entry = _BY_TYPE.get(type(obj))
-        if entry is None:
-            return None
-        global seen
-        seen = True
-        meta, frame = entry.to_frame(obj)
-        self.device.append(frame)
-        return (_PID, entry.name, meta, len(self.device) - 1)
+        return device_pid(obj, self.device)
 
 
 class DeviceUnpickler(pickle.Unpickler):
