@@ -152,22 +152,32 @@ def _spawn(kind: str) -> tuple[subprocess.Popen, str]:
     return proc, line
 
 
-async def _hp_sender(addr: str, scheme: str, sizes, reps, pingpong) -> dict:
+async def _time_sizes(sizes, reps, send_and_ack) -> dict:
+    """{size: [seconds]}: *send_and_ack(array)* timed *reps* times for an array of each size."""
     import numpy
 
-    from hpcdask.comm import connect
-
-    comm = await connect(addr, security=_security(scheme), timeout=30)
     out: dict = {}
     for size in sizes:
         data = numpy.ones(size, dtype="u1")
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            await comm.write([data.data])
-            await comm.read()
+            await send_and_ack(data)
             times.append(time.perf_counter() - t0)
         out[size] = times
+    return out
+
+
+async def _hp_sender(addr: str, scheme: str, sizes, reps, pingpong) -> dict:
+    from hpcdask.comm import connect
+
+    comm = await connect(addr, security=_security(scheme), timeout=30)
+
+    async def send_and_ack(data) -> None:
+        await comm.write([data.data])
+        await comm.read()
+
+    out = await _time_sizes(sizes, reps, send_and_ack)
     if pingpong:
         msg = {"op": "ping", "key": "x-123", "args": [1, 2, 3]}
         for _ in range(100):
@@ -182,23 +192,17 @@ async def _hp_sender(addr: str, scheme: str, sizes, reps, pingpong) -> dict:
     return out
 
 
-def _raw_tcp_sender(addr: str, sizes, reps) -> dict:
-    import numpy
-
+async def _raw_tcp_sender(addr: str, sizes, reps) -> dict:
     host, port = addr.split("://")[1].rsplit(":", 1)
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    out: dict = {}
-    for size in sizes:
-        data = numpy.ones(size, dtype="u1")
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            sock.sendall(size.to_bytes(8, "little"))
-            sock.sendall(memoryview(data))
-            sock.recv(1)
-            times.append(time.perf_counter() - t0)
-        out[size] = times
+
+    async def send_and_ack(data) -> None:  # blocking calls: nothing else runs on this loop
+        sock.sendall(data.nbytes.to_bytes(8, "little"))
+        sock.sendall(memoryview(data))
+        sock.recv(1)
+
+    out = await _time_sizes(sizes, reps, send_and_ack)
     sock.close()
     return out
 
@@ -211,17 +215,13 @@ async def _raw_ucx_sender(addr: str, sizes, reps) -> dict:
     host, port = addr.split("://")[1].rsplit(":", 1)
     ep = await ucxx.create_endpoint(host, int(port), endpoint_error_handling=True)
     ack = numpy.empty(1, dtype="u1")
-    out: dict = {}
-    for size in sizes:
-        data = numpy.ones(size, dtype="u1")
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            await ep.send(numpy.array([size], dtype="u8"))
-            await ep.send(data)
-            await ep.recv(ack)
-            times.append(time.perf_counter() - t0)
-        out[size] = times
+
+    async def send_and_ack(data) -> None:
+        await ep.send(numpy.array([data.nbytes], dtype="u8"))
+        await ep.send(data)
+        await ep.recv(ack)
+
+    out = await _time_sizes(sizes, reps, send_and_ack)
     await ep.send(numpy.zeros(1, dtype="u8"))
     await ep.close()
     return out
@@ -296,7 +296,7 @@ def run(kind: str, sizes, reps, pingpong) -> dict:
     proc, addr = _spawn(kind)
     try:
         if kind == "raw-tcp":
-            return _raw_tcp_sender(addr, sizes, reps)
+            return _loop_run(_raw_tcp_sender(addr, sizes, reps))
         if kind == "raw-ucx":
             return _loop_run(_raw_ucx_sender(addr, sizes, reps))
         return _loop_run(_hp_sender(addr, kind, sizes, reps, pingpong))

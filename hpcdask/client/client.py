@@ -23,14 +23,12 @@ from ..security import Security, resolve_secret
 from ..taskspec import FunctionCache, dumps_args, execute_graph_task
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
+from .data import DataMovement
 from .future import Future, FutureState
 from .operations import ClusterOperations
 from .structures import (
-    _SKIP,
-    _all_done,
     _collect,
     _identity,
-    _rebuild,
     _workers_list,
 )
 
@@ -54,7 +52,7 @@ def _func_name(func: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-class Client(ClusterOperations, SyncAsync):
+class Client(DataMovement, ClusterOperations, SyncAsync):
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -366,132 +364,7 @@ class Client(ClusterOperations, SyncAsync):
         values = await self._gather(futures)
         return graphs.pack_results(keys, dict(zip(wanted, values)))
 
-    # ------------------------------------------------------------ results
-
-    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None,
-               asynchronous: bool | None = None) -> Any:  # fmt: skip
-        """Results of futures, in the same structure (list, dict, nested) they were given in."""
-        if errors not in ("raise", "skip"):
-            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
-        return self._sync(self._gather_structure, futures, errors)
-
-    async def _gather_structure(self, futures: Any, errors: str) -> Any:
-        flat: list[Future] = []
-        _collect(futures, flat)
-        values = await self._gather(flat, errors)
-        results = dict(zip((f.key for f in flat), values))
-        return _rebuild(futures, results, errors)
-
-    async def _gather(self, futures: list[Future], errors: str = "raise") -> list:
-        out: dict[str, Any] = {}
-        todo = list({f.key: f for f in futures}.values())
-        while todo:
-            await _all_done([f._state for f in todo])
-            finished = []
-            for f in todo:
-                st = f._state
-                if st.status in ("error", "cancelled"):
-                    if errors == "raise":
-                        raise st.error_to_raise()
-                    out[f.key] = _SKIP
-                elif st.data is not None:
-                    out[f.key] = st.data.loads()
-                elif st.status == "finished":
-                    finished.append(st)
-            # Where data lives is normally known from the report; ask only for the rest, at once.
-            await self._locate([st for st in finished if not st.workers])
-            by_worker: dict[str, list[str]] = {}
-            for st in finished:
-                if st.workers:
-                    by_worker.setdefault(st.workers[0], []).append(st.key)
-            results = await asyncio.gather(*(self._fetch(w, keys) for w, keys in by_worker.items()))
-            for data in results:
-                out.update(data)
-            todo = [f for f in todo if f.key not in out]
-            # A holder vanished: find another copy, or wait for the recomputation.
-            lost = [f._state for f in todo if f._state.status == "finished"]
-            for st in lost:
-                st.workers = []
-            await self._locate(lost)
-            for st in lost:
-                if not st.workers:
-                    st.reset()
-        return [out[f.key] for f in futures]  # failed ones are _SKIP; _rebuild drops them
-
-    async def _locate(self, states: list[FutureState]) -> None:
-        """Fill in where these keys live, with one question to the scheduler."""
-        if states:
-            who = await self.pool.call(self.scheduler_address, "who-has",
-                                       keys=[st.key for st in states])  # fmt: skip
-            for st in states:
-                st.workers = who.get(st.key) or []
-
-    async def _fetch(self, worker: str, keys: list[str]) -> dict:
-        try:
-            if self.direct_to_workers is False:
-                raise OSError("direct_to_workers=False")
-            data = await self.pool.call(worker, "get-data", keys=keys)
-        except OSError:
-            self.pool.remove(worker)
-            reply = await self.pool.call(self.scheduler_address, "gather", keys=keys)
-            data = reply["data"]
-        return {k: v.loads() if type(v) is Pickled else v for k, v in data.items()}
-
-    # ------------------------------------------------------------ scatter, cancel, retry
-
-    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False,
-                direct: bool | None = None, hash: bool = True, timeout: float | None = None,
-                asynchronous: bool | None = None) -> Any:  # fmt: skip
-        """Send local data to workers; returns futures in the structure of `data`."""
-        return self._sync(self._scatter, data, workers, broadcast, hash)
-
-    async def _scatter(self, data: Any, workers: Any, broadcast: bool, hash: bool) -> Any:
-        if isinstance(data, dict):
-            items = list(data.items())
-        elif isinstance(data, (list, tuple, set, frozenset)):
-            items = [(None, v) for v in data]
-        else:
-            items = [(None, data)]
-        pickled = []
-        for k, v in items:
-            p = Pickled.dumps(v)
-            if k is None:
-                if hash:
-                    k = f"{type(v).__name__}-{hashlib.blake2b(p.data, digest_size=16).hexdigest()}"
-                else:
-                    k = f"{type(v).__name__}-{uuid.uuid4().hex}"
-            pickled.append((graphs.stringify(k), p))
-        info = await self.pool.call(self.scheduler_address, "identity")
-        targets = list(info["workers"])
-        if workers is not None:
-            wanted = set(_workers_list(workers))
-            targets = [a for a, w in info["workers"].items()
-                       if a in wanted or w["name"] in wanted or w["host"] in wanted]  # fmt: skip
-        if not targets:
-            raise ValueError("scatter found no worker to send data to"
-                             + (f" among {workers}" if workers else ": wait_for_workers first"))  # fmt: skip
-        plan: dict[str, dict] = {}
-        for i, (k, p) in enumerate(pickled):
-            dests = targets if broadcast else [targets[i % len(targets)]]
-            for d in dests:
-                plan.setdefault(d, {})[k] = p
-        replies = await asyncio.gather(*(self.pool.call(w, "update-data", data=d)
-                                         for w, d in plan.items()))  # fmt: skip
-        who_has = dict(zip(plan, replies))
-        futures = {}
-        for k, _ in pickled:
-            st = self._state_for(k)
-            if st.status != "finished":
-                st.finish("", [w for w, d in who_has.items() if k in d])
-            futures[k] = Future(k, self, st)
-        self._send({"op": "update-data", "who_has": who_has})
-        keys = [k for k, _ in pickled]
-        if isinstance(data, dict):
-            return {orig: futures[k] for (orig, _), k in zip(items, keys)}
-        if isinstance(data, (list, tuple, set, frozenset)):
-            return type(data)(futures[k] for k in keys) if not isinstance(data, (set, frozenset)) \
-                else [futures[k] for k in keys]  # fmt: skip
-        return futures[keys[0]]
+    # ------------------------------------------------------------ cancel, retry
 
     def cancel(self, futures: Any, asynchronous: bool | None = None, force: bool = False,
                reason: str | None = None) -> Any:  # fmt: skip

@@ -39,6 +39,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from hpcdask import config
 from hpcdask.comm.addressing import get_ip, parse_host_port, unparse_host_port
 from hpcdask.comm.base import Backend, Comm, CommClosedError, Listener, frame_nbytes
+from hpcdask.comm.bufpool import POOL
 from hpcdask.comm.registry import register_backend
 from hpcdask.comm.ucx_progress import progress_for
 from hpcdask.protocol import device
@@ -129,12 +130,6 @@ def _view(frame: Any) -> memoryview:
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
     return mv
-
-
-def _empty(n: int) -> memoryview:
-    from hpcdask.comm.bufpool import POOL  # warm pages: see bufpool.py
-
-    return POOL.take(n)
 
 
 def _hello(address: str) -> bytearray:
@@ -241,8 +236,10 @@ class UCX(Comm):
 
     async def _recv(self, buf: Any) -> None:
         ep = self._ep
+        if ep is None:
+            raise _closed(f"ucx comm to {self.peer_address} is closed")
         arr = Array(buf)
-        tag = Tag(ep._tags["msg_recv"]) if ep is not None else None
+        tag = Tag(ep._tags["msg_recv"])
         try:
             try:
                 ep._ep.raise_on_error()
@@ -320,11 +317,11 @@ class UCX(Comm):
                 device.seen = True
                 buf = device.empty(s)
                 if buf is None:  # no GPU library here (say, the scheduler): UCX copies to host
-                    buf = _empty(s)
+                    buf = POOL.take(s)
                 await self._recv(buf)
                 frames.append(buf)
                 continue
-            buf = bytearray(s) if s <= _SMALL else _empty(s)
+            buf = bytearray(s) if s <= _SMALL else POOL.take(s)  # warm pages: bufpool.py
             await self._recv(buf)
             frames.append(bytes(buf) if s <= _SMALL else buf)
         return frames

@@ -101,8 +101,7 @@ class Pickled:
         return cls(frames[0], frames[1:], ndevice)
 
     def _host_bytes(self) -> list[bytes]:
-        return [bytes(memoryview(_device.to_host(b) if _device.is_device(b) else b).cast("B"))
-                for b in self.buffers]  # fmt: skip
+        return [bytes(memoryview(b).cast("B")) for b in _device.host_frames(self.buffers)]
 
     def __reduce__(self):
         return (Pickled, (bytes(self.data), self._host_bytes(), self.ndevice))

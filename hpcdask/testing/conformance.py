@@ -82,15 +82,20 @@ def builtin_transports() -> list[TransportSpec]:
     return specs
 
 
-def _tls(secret: bytes) -> TransportSpec:
+def _certified(scheme: str, secret: bytes) -> TransportSpec:
+    """A TLS-based scheme: refuses a certificate from another CA as well as a wrong secret."""
     import cryptography  # noqa: F401 - Security.temporary() needs it
 
     security = Security.temporary(secret)
     wrong_ca = Security.temporary(secret)  # right secret, certificate from another CA
     wrong_secret = _with_secret(security, new_secret())
     return TransportSpec(
-        "tls", "tls://127.0.0.1:0", security, wrong_security=[wrong_ca, wrong_secret]
+        scheme, f"{scheme}://127.0.0.1:0", security, wrong_security=[wrong_ca, wrong_secret]
     )
+
+
+def _tls(secret: bytes) -> TransportSpec:
+    return _certified("tls", secret)
 
 
 def _ucx(secret: bytes) -> TransportSpec | None:
@@ -110,15 +115,9 @@ def _ws(secret: bytes) -> TransportSpec:
 
 
 def _wss(secret: bytes) -> TransportSpec:
-    import cryptography  # noqa: F401
     import websockets  # noqa: F401
 
-    security = Security.temporary(secret)
-    wrong_ca = Security.temporary(secret)  # right secret, certificate from another CA
-    wrong_secret = _with_secret(security, new_secret())
-    return TransportSpec(
-        "wss", "wss://127.0.0.1:0", security, wrong_security=[wrong_ca, wrong_secret]
-    )
+    return _certified("wss", secret)
 
 
 _OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = [_tls, _ws, _wss, _ucx]
