@@ -135,7 +135,7 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
         try:
             await asyncio.gather(*(s.start() for s in servers))
         except OSError as e:
-            from ..worker.nanny import refused
+            from ..comm.core import refused
             from ..worker.worker import EXIT_SCHEDULER_GONE
 
             await asyncio.gather(*(s.close() for s in servers), return_exceptions=True)

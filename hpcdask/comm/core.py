@@ -29,6 +29,15 @@ logger = logging.getLogger("hpcdask.comm")
 __all__ = ["connect", "listen"]
 
 
+def refused(exc: BaseException) -> bool:
+    """Whether a failed `connect` ended with nobody listening (not a slow or busy peer)."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 _TLS_DROPS = 3
 _TLS_SCHEMES = ("tls", "wss")
 

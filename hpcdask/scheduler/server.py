@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from .. import config
@@ -471,7 +472,7 @@ class Scheduler(Server):
 
         keep = heirs()
         deadline = time.monotonic() + timeout
-        if not keep and heir_wait and self._holds_unique_data(retiring):
+        if not keep and heir_wait and any(_only_on(retiring)):
             logger.info("%s: waiting up to %gs for a worker to hand data to",
                         ", ".join(w.address for w in retiring), heir_wait)  # fmt: skip
             until = time.monotonic() + heir_wait
@@ -482,11 +483,9 @@ class Scheduler(Server):
             deadline = time.monotonic() + timeout
         while keep and time.monotonic() < deadline:
             plan: dict[str, dict[str, list[str]]] = {}
-            for ws in retiring:
-                for ts in ws.has_what:
-                    if ts.who_has and ts.who_has <= retiring and (ts._wants or ts.waiters):
-                        dest = min(keep, key=lambda w: w.nbytes)
-                        plan.setdefault(dest.address, {})[ts.key] = [w.address for w in ts.who_has]
+            for ts in _only_on(retiring):
+                dest = min(keep, key=lambda w: w.nbytes)
+                plan.setdefault(dest.address, {})[ts.key] = [w.address for w in ts.who_has]
             if not plan:
                 break
             await asyncio.gather(*(self.pool.call(dest, "acquire-replicas", who_has=who_has)
@@ -497,10 +496,6 @@ class Scheduler(Server):
             bs = self.worker_streams.get(ws.address)
             if close and bs is not None and not bs.closed():
                 bs.send({"op": "close", "nanny": True})
-
-    def _holds_unique_data(self, retiring: set) -> bool:
-        return any(ts.who_has and ts.who_has <= retiring and (ts._wants or ts.waiters)
-                   for ws in retiring for ts in ws.has_what)  # fmt: skip
 
     async def _register_worker_plugin(self, comm: Any, msg: dict) -> dict:
         name = msg["name"]
@@ -582,3 +577,11 @@ def _write_private(path: str, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _only_on(workers: set) -> Iterator:
+    """Tasks whose results are still wanted and held by none but *workers*."""
+    for ws in workers:
+        for ts in ws.has_what:
+            if ts.who_has and ts.who_has <= workers and (ts._wants or ts.waiters):
+                yield ts

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from ..comm.core import refused
 from ..rpc import AsyncLifecycle, ConnectionPool
 from ..security import Security
 from ..utils.schedfile import resolve_scheduler
@@ -30,15 +31,6 @@ MAX_FAST_FAILURES = 3  # deaths before registering, in a row, before the nanny g
 
 class SchedulerGone(ConnectionError):
     """Nobody listens at the scheduler's address any more: restarting the worker is pointless."""
-
-
-def refused(exc: BaseException) -> bool:
-    """Whether a failed connect ended with nobody listening (not a slow or busy peer)."""
-    while exc is not None:
-        if isinstance(exc, ConnectionRefusedError):
-            return True
-        exc = exc.__cause__
-    return False
 
 
 class Nanny(AsyncLifecycle):
