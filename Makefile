@@ -21,7 +21,9 @@ test: $(PY)
 	$(PY) -m pip install -q -e ".[test]"
 	bash ci/services.sh $(VENV)
 	$(PY) -m ruff check hpcdask tests benchmarks examples
+	$(PY) -m ruff format --check hpcdask tests benchmarks examples
 	$(PY) -m pytest -q
 
 lint: $(PY)
 	$(PY) -m ruff check hpcdask tests benchmarks examples
+	$(PY) -m ruff format --check hpcdask tests benchmarks examples

@@ -35,7 +35,9 @@ LAYOUT = dict(cores=2, processes=2, job_cpu=1, memory="2GB", queue="debug", wall
 
 def _queue_empty(timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip():
+    while subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
+    ).stdout.strip():
         if time.monotonic() > deadline:
             raise RuntimeError("SLURM queue not empty; cancel leftover jobs first")
         time.sleep(0.1)
@@ -71,7 +73,9 @@ def run_dask(n: int, logs: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", choices=["hpcdask", "dask"], default=None)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # measure the checkout even when hpcdask is not p
 class Launcher:
     name: str
     command: list[str]
-    connect: Callable[[str], Any]            # scheduler file -> client
+    connect: Callable[[str], Any]  # scheduler file -> client
     count_workers: Callable[[Any], int]
     nanny_args: Callable[[bool], list[str]] = lambda nanny: ["--nanny" if nanny else "--no-nanny"]
 
@@ -73,10 +73,23 @@ def run_once(launcher: Launcher, ranks: int, nanny: bool, deadline: float = 120)
     with tempfile.TemporaryDirectory(prefix="bench-mpi-") as tmp:
         sched_file = Path(tmp) / "scheduler.json"
         log = open(Path(tmp) / "mpirun.log", "w+")
-        cmd = [str(mpirun), "-n", str(ranks), *launcher.command, "--scheduler-file", str(sched_file),
-               "--nthreads", "1", *launcher.nanny_args(nanny),
-               "--local-directory", tmp]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        cmd = [
+            str(mpirun),
+            "-n",
+            str(ranks),
+            *launcher.command,
+            "--scheduler-file",
+            str(sched_file),
+            "--nthreads",
+            "1",
+            *launcher.nanny_args(nanny),
+            "--local-directory",
+            tmp,
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
         client = None
@@ -117,15 +130,18 @@ def _check(proc: subprocess.Popen, log, end: float) -> None:
         log.flush()
         log.seek(0)
         tail = log.read()[-3000:]
-        raise RuntimeError(f"mpirun exited ({proc.returncode}) or timed out before all workers "
-                           f"registered:\n{tail}")
+        raise RuntimeError(
+            f"mpirun exited ({proc.returncode}) or timed out before all workers registered:\n{tail}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[4, 8])
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--nanny", action="store_true", help="run workers under nannies (both CLIs' default)")
+    p.add_argument(
+        "--nanny", action="store_true", help="run workers under nannies (both CLIs' default)"
+    )
     p.add_argument("--only", choices=["hpcdask-mpi", "dask-mpi"], default=None)
     p.add_argument("--json", default=None, help="also write the raw runs here")
     args = p.parse_args(argv)
@@ -147,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_once(launcher, ranks, args.nanny)
                 r.update(launcher=launcher.name, ranks=ranks, nanny=args.nanny)
                 runs.append(r)
-                print(f"  {launcher.name:12} n={ranks} run {i + 1}: start-up {r['startup']:.3f}s "
-                      f"shut-down {r['shutdown']:.3f}s rc={r['returncode']}", file=sys.stderr)
+                print(
+                    f"  {launcher.name:12} n={ranks} run {i + 1}: start-up {r['startup']:.3f}s "
+                    f"shut-down {r['shutdown']:.3f}s rc={r['returncode']}",
+                    file=sys.stderr,
+                )
 
-    print(f"\nmpirun start -> all workers registered (median of {args.repeat}; "
-          f"{'nanny' if args.nanny else 'no nanny'}, 1 thread/worker, {os.cpu_count()} cores)\n")
+    print(
+        f"\nmpirun start -> all workers registered (median of {args.repeat}; "
+        f"{'nanny' if args.nanny else 'no nanny'}, 1 thread/worker, {os.cpu_count()} cores)\n"
+    )
     print("| launcher | ranks | workers | start-up s (median) | min | max | shut-down s (median) |")
     print("|---|---|---|---|---|---|---|")
     for ranks in args.ranks:
@@ -159,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             sel = [r for r in runs if r["launcher"] == launcher.name and r["ranks"] == ranks]
             s = [r["startup"] for r in sel]
             d = [r["shutdown"] for r in sel]
-            print(f"| {launcher.name} | {ranks} | {ranks - 1} | {statistics.median(s):.2f} | "
-                  f"{min(s):.2f} | {max(s):.2f} | {statistics.median(d):.2f} |")
+            print(
+                f"| {launcher.name} | {ranks} | {ranks - 1} | {statistics.median(s):.2f} | "
+                f"{min(s):.2f} | {max(s):.2f} | {statistics.median(d):.2f} |"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
     return 0

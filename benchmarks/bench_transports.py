@@ -312,8 +312,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="1,64,256", help="MiB, comma separated")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--transports",
-                   default="raw-tcp,tcp,tls,raw-ucx,ucx-perftest,ucx,w2w-tcp,w2w-tls,w2w-ucx")
+    p.add_argument(
+        "--transports", default="raw-tcp,tcp,tls,raw-ucx,ucx-perftest,ucx,w2w-tcp,w2w-tls,w2w-ucx"
+    )
     p.add_argument("--pingpong", type=int, default=2000, help="small round trips to time")
     p.add_argument("--receiver", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -173,7 +173,10 @@ def test_get_worker_and_restrictions(client):
         assert f.result() == w
     # names work as restrictions too
     name = client.scheduler_info()["workers"][workers[0]]["name"]
-    assert client.submit(lambda: get_worker().address, workers=[name], pure=False).result() == workers[0]
+    assert (
+        client.submit(lambda: get_worker().address, workers=[name], pure=False).result()
+        == workers[0]
+    )
 
 
 def test_retries(client, tmp_path):
@@ -199,7 +202,10 @@ def test_run_and_run_on_scheduler(client):
     assert all(pid == workers[a]["pid"] for a, pid in pids.items())
     one = list(workers)[0]
     assert list(client.run(lambda dask_worker: dask_worker.address, workers=[one])) == [one]
-    assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.address) == client.scheduler_address
+    assert (
+        client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.address)
+        == client.scheduler_address
+    )
     with pytest.raises(ZeroDivisionError):
         client.run(lambda: 1 / 0)
 

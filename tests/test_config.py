@@ -32,8 +32,10 @@ def test_defaults_cover_keys_the_runtime_reads():
 
 def test_layers_in_order(home, tmp_path, monkeypatch):
     site = tmp_path / "mysite.yaml"
-    site.write_text("site: {name: mysite, system: slurm, description: test}\n"
-                    "jobqueue: {slurm: {cores: 2, memory: 2GB, queue: sitequeue, walltime: '02:00:00'}}\n")
+    site.write_text(
+        "site: {name: mysite, system: slurm, description: test}\n"
+        "jobqueue: {slurm: {cores: 2, memory: 2GB, queue: sitequeue, walltime: '02:00:00'}}\n"
+    )
     user_file(home, f"jobqueue:\n  site: {site}\n  slurm: {{cores: 3, memory: 3GB}}\n")
     extra = tmp_path / "extra.yaml"
     extra.write_text("jobqueue: {slurm: {cores: 4}}\n")
@@ -95,7 +97,9 @@ def test_wrong_type_names_key_and_file(home):
 
 def test_wrong_type_from_environment(monkeypatch):
     monkeypatch.setenv("HPCDASK_JOBQUEUE__SLURM__PROCESSES", "two")
-    with pytest.raises(ConfigError, match="environment variable HPCDASK_JOBQUEUE__SLURM__PROCESSES"):
+    with pytest.raises(
+        ConfigError, match="environment variable HPCDASK_JOBQUEUE__SLURM__PROCESSES"
+    ):
         config.collect()
 
 
@@ -151,7 +155,10 @@ def test_hpcdask_config_missing_file_is_an_error(monkeypatch, tmp_path):
 
 def test_open_mapping_takes_any_keys(home):
     user_file(home, "jobqueue: {slurm: {scheduler-options: {interface: lo, port: 0}}}\n")
-    assert config.collect()["jobqueue"]["slurm"]["scheduler-options"] == {"interface": "lo", "port": 0}
+    assert config.collect()["jobqueue"]["slurm"]["scheduler-options"] == {
+        "interface": "lo",
+        "port": 0,
+    }
 
 
 def test_keys_of_either_type(monkeypatch):

@@ -87,8 +87,11 @@ Job Id: 104.gadi-pbs
     assert st["101.gadi-pbs"].reason.endswith("(R: 48 A: 0 T: 1000)")
     assert st["102.gadi-pbs"].state == FAILED and "exit status 1" in st["102.gadi-pbs"].reason
     assert st["103.gadi-pbs"].state == CANCELLED and st["104.gadi-pbs"].state == RUNNING
-    assert PBS.job_id_regexp and __import__("re").search(PBS.job_id_regexp, "101.gadi-pbs\n").group(
-        "job_id") == "101.gadi-pbs"
+    assert (
+        PBS.job_id_regexp
+        and __import__("re").search(PBS.job_id_regexp, "101.gadi-pbs\n").group("job_id")
+        == "101.gadi-pbs"
+    )
 
 
 def test_tail(tmp_path):

@@ -38,7 +38,9 @@ def queued(system: str) -> set[str]:
     """Ids of the jobs the batch system still lists (any state)."""
     cmd = ["squeue", "-h", "-o", "%i"] if system == "slurm" else ["qstat"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-    return {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].isdigit()}
+    return {
+        line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].isdigit()
+    }
 
 
 @pytest.fixture
@@ -78,8 +80,10 @@ def test_scale_compute_scale_to_zero(system, make):
     cluster.scale(0)
     until(lambda: not (queued(system) & set(ids)), what="jobs gone from the queue")
     until(lambda: not cluster.scheduler.state.workers, what="workers gone")
-    until(lambda: set(cluster.job_states().values()) <= {"cancelled", "finished", "gone"},
-          what="the cluster seeing its jobs end")
+    until(
+        lambda: set(cluster.job_states().values()) <= {"cancelled", "finished", "gone"},
+        what="the cluster seeing its jobs end",
+    )
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
@@ -127,7 +131,9 @@ def test_broken_jobs_are_not_resubmitted_for_ever(make):
     cluster.adapt(minimum=1, maximum=1, interval=0.2)
     until(lambda: len(cluster.jobs) == 3 and all(j.ended for j in cluster.jobs.values()),
           what="three failed jobs")  # fmt: skip
-    with pytest.raises(JobFailedError, match="3 jobs in a row ended before their workers connected"):
+    with pytest.raises(
+        JobFailedError, match="3 jobs in a row ended before their workers connected"
+    ):
         cluster._sync(cluster._scale, 1)  # what adapt calls: refused
     logs = cluster.get_logs(scheduler=False, workers=False)
     assert any("No such file" in line for lines in logs.values() for line in lines)

@@ -49,7 +49,9 @@ def test_gadi_profile_gives_the_same_shape():
     for expected in ["#PBS -q normal", "#PBS -P vp91", "#PBS -l ncpus=48", "#PBS -l mem=192GB",
                      "#PBS -l jobfs=100GB", "#PBS -l storage=scratch/vp91+gdata/vp91"]:  # fmt: skip
         assert expected in lines
-    assert "select" not in text and "--interface ib0" in text and "--local-directory $TMPDIR" in text
+    assert (
+        "select" not in text and "--interface ib0" in text and "--local-directory $TMPDIR" in text
+    )
 
 
 def test_pbs_default_uses_select_and_resource_spec_replaces_it():
@@ -65,9 +67,17 @@ def test_slurm_header_and_worker_line():
                          walltime="1-00:00:00", job_name="jn", log_directory="/logs",
                          qos="high", constraint="cpu", scheduler_address="tcp://1.2.3.4:5")  # fmt: skip
     lines = text.splitlines()
-    for expected in ["#SBATCH -J jn", "#SBATCH -o /logs/jn-%j.out", "#SBATCH -p debug",
-                     "#SBATCH -A a1", "#SBATCH --qos=high", "#SBATCH --constraint=cpu",
-                     "#SBATCH --cpus-per-task=8", "#SBATCH --mem=15258M", "#SBATCH -t 24:00:00"]:
+    for expected in [
+        "#SBATCH -J jn",
+        "#SBATCH -o /logs/jn-%j.out",
+        "#SBATCH -p debug",
+        "#SBATCH -A a1",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint=cpu",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=15258M",
+        "#SBATCH -t 24:00:00",
+    ]:
         assert expected in lines
     worker = lines[-1]
     assert worker.endswith("--nanny") and "--nworkers 2 --nthreads 4 --memory-limit 8GB" in worker
@@ -81,8 +91,16 @@ def test_sge_header():
                          resource_spec="h_vmem={{ (memory_bytes // job_cpu) | megabytes }}",
                          walltime="02:00:00", shell="/bin/bash")  # fmt: skip
     lines = text.splitlines()
-    for expected in ["#$ -q all.q", "#$ -P p", "#$ -pe smp 4", "#$ -l h_vmem=1907M",
-                     "#$ -l h_rt=02:00:00", "#$ -S /bin/bash", "#$ -cwd", "#$ -j y"]:
+    for expected in [
+        "#$ -q all.q",
+        "#$ -P p",
+        "#$ -pe smp 4",
+        "#$ -l h_vmem=1907M",
+        "#$ -l h_rt=02:00:00",
+        "#$ -S /bin/bash",
+        "#$ -cwd",
+        "#$ -j y",
+    ]:
         assert expected in lines
 
 
@@ -153,7 +171,8 @@ def test_own_template_directory_overrides_shipped(tmp_path):
     assert text.rstrip().endswith("echo custom body 3") and "#$ -N hpcdask-worker" in text
     (tmp_path / "slurm.sh.j2").write_text("#!/bin/sh\n#SBATCH --whole-mine\n")
     assert js.job_script("slurm", cores=1, memory="1GB", template_dir=str(tmp_path)) == (
-        "#!/bin/sh\n#SBATCH --whole-mine\n")
+        "#!/bin/sh\n#SBATCH --whole-mine\n"
+    )
 
 
 def test_template_dir_from_config(home, monkeypatch, tmp_path):

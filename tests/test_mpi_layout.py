@@ -21,8 +21,14 @@ pytestmark = pytest.mark.timeout(60)
 
 def run(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=full_env, timeout=50, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=50,
+        cwd=ROOT,
+    )
 
 
 def test_default_batch_layout():
@@ -47,8 +53,11 @@ def test_cli_layout_has_no_client():
 
 @pytest.mark.parametrize(
     "layout, needs",
-    [(Layout(2), "at least 3"), (Layout(1, client_rank=0), "at least 2"),
-     (Layout(1, client_rank=None), "at least 2")],
+    [
+        (Layout(2), "at least 3"),
+        (Layout(1, client_rank=0), "at least 2"),
+        (Layout(1, client_rank=None), "at least 2"),
+    ],
 )
 def test_world_too_small_says_how_many_and_how_to_fix(layout, needs):
     with pytest.raises(WorldTooSmallError, match=needs) as info:
@@ -62,18 +71,19 @@ def test_bad_client_rank():
 
 
 def test_missing_mpi4py_says_what_to_install():
-    proc = run("import sys; sys.modules['mpi4py'] = None\n"
-               "from hpcdask.mpi.cli import main; main()")
+    proc = run("import sys; sys.modules['mpi4py'] = None\nfrom hpcdask.mpi.cli import main; main()")
     assert proc.returncode == 1
     assert "pip install 'hpcdask[mpi]' mpich" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_missing_mpi4py_in_batch_mode_raises_importerror():
-    proc = run("import sys; sys.modules['mpi4py'] = None\n"
-               "from hpcdask.mpi import initialize, MPIUnavailableError\n"
-               "try:\n    initialize()\n"
-               "except ImportError as e:\n    print(type(e).__name__, e)\n")
+    proc = run(
+        "import sys; sys.modules['mpi4py'] = None\n"
+        "from hpcdask.mpi import initialize, MPIUnavailableError\n"
+        "try:\n    initialize()\n"
+        "except ImportError as e:\n    print(type(e).__name__, e)\n"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("MPIUnavailableError")
     assert "pip install 'hpcdask[mpi]' mpich" in proc.stdout
@@ -87,8 +97,10 @@ def test_import_does_not_need_mpi4py():
 @pytest.mark.mpi
 def test_missing_mpi_library_says_what_to_install():
     pytest.importorskip("mpi4py", reason="mpi4py not installed (ci/mpi_setup.sh)")
-    proc = run("from hpcdask.mpi.cli import main; main()",
-               env={"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"})
+    proc = run(
+        "from hpcdask.mpi.cli import main; main()",
+        env={"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"},
+    )
     assert proc.returncode == 1
     assert "cannot load an MPI library" in proc.stderr
     assert "pip install 'hpcdask[mpi]' mpich" in proc.stderr

@@ -39,15 +39,26 @@ pytestmark = [
 class Job:
     """One mpirun, its combined output in a file, and its process group for cleanup."""
 
-    def __init__(self, tmp: Path, n: int, args: list, mpirun_args: tuple = (), env: dict | None = None):
+    def __init__(
+        self, tmp: Path, n: int, args: list, mpirun_args: tuple = (), env: dict | None = None
+    ):
         self.log_path = tmp / f"mpirun-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HPCDASK_SECRETS_DIR": str(tmp / "secrets"),
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HPCDASK_SECRETS_DIR": str(tmp / "secrets"),
+            **(env or {}),
+        }
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([MPIRUN, *mpirun_args, "-n", str(n), *map(str, args)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
-                                     cwd=tmp, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [MPIRUN, *mpirun_args, "-n", str(n), *map(str, args)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=tmp,
+            start_new_session=True,
+        )
 
     @property
     def output(self) -> str:
@@ -117,11 +128,15 @@ def poll(cond, timeout: float, job: Job | None = None, what: str = "condition"):
         if value:
             return value
         if job is not None and not job.alive():
-            pytest.fail(f"mpirun exited ({job.proc.returncode}) while waiting for {what}:\n"
-                        f"{job.output[-4000:]}")
+            pytest.fail(
+                f"mpirun exited ({job.proc.returncode}) while waiting for {what}:\n"
+                f"{job.output[-4000:]}"
+            )
         time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}"
-                + (f":\n{job.output[-4000:]}" if job else ""))
+    pytest.fail(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f":\n{job.output[-4000:]}" if job else "")
+    )
 
 
 def assert_quiet(output: str) -> None:
@@ -141,8 +156,19 @@ def test_cli_with_scheduler_file(mpirun, tmp_path, n):
     from hpcdask.client import Client
 
     sched_file = tmp_path / "scheduler.json"
-    job = mpirun(n, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--no-nanny",
-                     "--nthreads", 1, "--local-directory", tmp_path])
+    job = mpirun(
+        n,
+        [
+            *HPCDASK_MPI,
+            "--scheduler-file",
+            sched_file,
+            "--no-nanny",
+            "--nthreads",
+            1,
+            "--local-directory",
+            tmp_path,
+        ],
+    )
     poll(sched_file.exists, 30, job, "the scheduler file")
     assert stat.S_IMODE(sched_file.stat().st_mode) == 0o600
     info = json.loads(sched_file.read_text())
@@ -179,8 +205,20 @@ def test_cli_with_nanny_names_and_inclusive_workers(mpirun, tmp_path):
     from hpcdask.client import Client
 
     sched_file = tmp_path / "scheduler.json"
-    job = mpirun(2, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--nanny", "--name", "job7",
-                     "--inclusive-workers", "--local-directory", tmp_path])
+    job = mpirun(
+        2,
+        [
+            *HPCDASK_MPI,
+            "--scheduler-file",
+            sched_file,
+            "--nanny",
+            "--name",
+            "job7",
+            "--inclusive-workers",
+            "--local-directory",
+            tmp_path,
+        ],
+    )
     poll(sched_file.exists, 30, job, "the scheduler file")
     client = Client(scheduler_file=str(sched_file))
     try:
@@ -258,8 +296,9 @@ def test_nanny_restarts_a_dead_worker_process_and_the_rank_survives(mpirun, tmp_
     from hpcdask.client import Client
 
     sched_file = tmp_path / "scheduler.json"
-    job = mpirun(3, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--nanny",
-                     "--local-directory", tmp_path])
+    job = mpirun(
+        3, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--nanny", "--local-directory", tmp_path]
+    )
     poll(sched_file.exists, 30, job, "the scheduler file")
     client = Client(scheduler_file=str(sched_file))
     try:
@@ -308,8 +347,11 @@ def run_script(mpirun, tmp_path, n, env=None, **kwargs) -> tuple[Job, int, float
 
 
 def result_lines(output: str) -> dict:
-    return dict(line.split(" ", 1) for line in output.splitlines()
-                if line.startswith(("WORKERS ", "RESULT ")))
+    return dict(
+        line.split(" ", 1)
+        for line in output.splitlines()
+        if line.startswith(("WORKERS ", "RESULT "))
+    )
 
 
 @pytest.mark.parametrize(

@@ -51,13 +51,16 @@ def test_user_profile_shadows_shipped_one_and_path_works(home, tmp_path):
     sites = home / ".config" / "hpcdask" / "sites"
     sites.mkdir(parents=True)
     (sites / "gadi.yaml").write_text(
-        "site: {name: gadi, system: pbs, description: my gadi}\njobqueue: {pbs: {queue: express}}\n")
+        "site: {name: gadi, system: pbs, description: my gadi}\njobqueue: {pbs: {queue: express}}\n"
+    )
     assert {s["name"]: s["description"] for s in config.list_sites()}["gadi"] == "my gadi"
     text = js.job_script("pbs", site="gadi", cores=4, memory="8GB")
     assert "#PBS -q express" in text and "select=1" in text  # the shipped profile is not merged in
     own = tmp_path / "lab.yaml"
-    own.write_text("site: {name: lab, system: slurm, description: lab}\n"
-                   "jobqueue: {common: {cores: 2, memory: 4GB}, slurm: {queue: lab}}\n")
+    own.write_text(
+        "site: {name: lab, system: slurm, description: lab}\n"
+        "jobqueue: {common: {cores: 2, memory: 4GB}, slurm: {queue: lab}}\n"
+    )
     assert "#SBATCH -p lab" in js.job_script("slurm", site=str(own))
 
 

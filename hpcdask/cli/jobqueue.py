@@ -23,7 +23,9 @@ def _parse_options(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 @click.command("job-script")
-@click.option("--system", required=True, type=click.Choice(list(config.SYSTEMS)), help="Batch system.")
+@click.option(
+    "--system", required=True, type=click.Choice(list(config.SYSTEMS)), help="Batch system."
+)
 @click.option("--site", default=None, help="Site profile name (see `hpcdask sites`) or YAML file.")
 @click.option("--cores", type=int, default=None, help="Cores per job.")
 @click.option("--memory", default=None, help="Memory per job, e.g. 128GB.")
@@ -36,17 +38,37 @@ def _parse_options(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--local-directory", default=None, help="Node-local scratch, e.g. $TMPDIR.")
 @click.option("--log-directory", default=None, help="Where the job's output goes.")
 @click.option("--python", default=None, help="Python on the compute nodes.")
-@click.option("--job-extra-directive", "job_extra_directives", multiple=True,
-              help="More header lines, without the #SBATCH/#PBS/#$ prefix (repeatable).")
-@click.option("--skip", "job_directives_skip", multiple=True,
-              help="Drop generated header lines containing this text (repeatable).")
-@click.option("--prologue", "job_script_prologue", multiple=True,
-              help="Shell line run before the workers (repeatable).")
+@click.option(
+    "--job-extra-directive",
+    "job_extra_directives",
+    multiple=True,
+    help="More header lines, without the #SBATCH/#PBS/#$ prefix (repeatable).",
+)
+@click.option(
+    "--skip",
+    "job_directives_skip",
+    multiple=True,
+    help="Drop generated header lines containing this text (repeatable).",
+)
+@click.option(
+    "--prologue",
+    "job_script_prologue",
+    multiple=True,
+    help="Shell line run before the workers (repeatable).",
+)
 @click.option("--template-dir", default=None, help="Folder with your own <system>.sh.j2.")
 @click.option("--scheduler-address", default=None, help="Address the workers connect to.")
-@click.option("-o", "--option", "extra", multiple=True, metavar="KEY=VALUE",
-              help="Any other option, e.g. -o qos=debug -o 'worker_extra_args=[--foo]'.")
-def job_script_command(system: str, site: str | None, extra: tuple[str, ...], **kwargs: Any) -> None:
+@click.option(
+    "-o",
+    "--option",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other option, e.g. -o qos=debug -o 'worker_extra_args=[--foo]'.",
+)
+def job_script_command(
+    system: str, site: str | None, extra: tuple[str, ...], **kwargs: Any
+) -> None:
     """Print the job script a SLURMCluster/PBSCluster/SGECluster with these options submits."""
     from hpcdask.jobqueue.script import job_script
 
@@ -59,7 +81,9 @@ def job_script_command(system: str, site: str | None, extra: tuple[str, ...], **
 
 
 @click.command("sites")
-@click.option("--system", type=click.Choice(list(config.SYSTEMS)), default=None, help="Only this system.")
+@click.option(
+    "--system", type=click.Choice(list(config.SYSTEMS)), default=None, help="Only this system."
+)
 @click.option("--paths", is_flag=True, help="Show where each profile file is.")
 def sites_command(system: str | None, paths: bool) -> None:
     """List the site profiles (yours in ~/.config/hpcdask/sites shadow the shipped ones)."""

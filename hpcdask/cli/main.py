@@ -30,8 +30,11 @@ else:
 
 def main() -> None:
     level = os.environ.get("HPCDASK_LOGGING_LEVEL", "INFO").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+    )
     for handler in logging.getLogger().handlers:  # hpcdask's loggers bypass the root's level
         handler.setLevel(getattr(logging, level, logging.INFO))
     cli(prog_name="hpcdask")

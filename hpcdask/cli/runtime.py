@@ -64,32 +64,49 @@ def _parse_resources(text: str | None) -> dict:
     for item in text.replace(",", " ").split():
         name, sep, value = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"{item!r} is not NAME=AMOUNT, e.g. GPU=2", param_hint="--resources")
+            raise click.BadParameter(
+                f"{item!r} is not NAME=AMOUNT, e.g. GPU=2", param_hint="--resources"
+            )
         try:
             out[name] = float(value)
         except ValueError:
-            raise click.BadParameter(f"amount of {name!r} is not a number: {value!r}",
-                                     param_hint="--resources") from None
+            raise click.BadParameter(
+                f"amount of {name!r} is not a number: {value!r}", param_hint="--resources"
+            ) from None
     return out
 
 
 @click.command()
 @click.argument("address", required=False)
-@click.option("--scheduler-file", default=None, help="Read the scheduler's address and secret here.")
+@click.option(
+    "--scheduler-file", default=None, help="Read the scheduler's address and secret here."
+)
 @click.option("--nworkers", default="1", show_default=True, help="Worker processes, or 'auto'.")
-@click.option("--nthreads", default=None, type=int, help="Threads per worker (default: cores/nworkers).")
-@click.option("--memory-limit", default="auto", show_default=True, help="Per worker, e.g. 4GB; 0 = none.")
+@click.option(
+    "--nthreads", default=None, type=int, help="Threads per worker (default: cores/nworkers)."
+)
+@click.option(
+    "--memory-limit", default="auto", show_default=True, help="Per worker, e.g. 4GB; 0 = none."
+)
 @click.option("--name", default=None, help="Worker name (suffixed -0, -1... with several workers).")
 @click.option("--local-directory", default=None, help="Scratch directory for the worker.")
 @click.option("--interface", default=None, help="Network interface to bind to, e.g. ib0.")
 @click.option("--protocol", default=None, help="Transport (default: the scheduler's).")
 @click.option("--host", default=None, help="Address to bind.")
 @click.option("--port", default=0, type=int, help="Port to bind (default: any free port).")
-@click.option("--death-timeout", default=None, type=float, help="Seconds to wait for the scheduler.")
-@click.option("--lifetime", default=None, type=float, help="Seconds after which the worker retires.")
-@click.option("--lifetime-stagger", default=None, type=float, help="Random +/- seconds on --lifetime.")
+@click.option(
+    "--death-timeout", default=None, type=float, help="Seconds to wait for the scheduler."
+)
+@click.option(
+    "--lifetime", default=None, type=float, help="Seconds after which the worker retires."
+)
+@click.option(
+    "--lifetime-stagger", default=None, type=float, help="Random +/- seconds on --lifetime."
+)
 @click.option("--resources", default=None, help='Abstract resources, e.g. "GPU=2,MEM=10e9".')
-@click.option("--nanny/--no-nanny", default=True, show_default=True, help="Restart workers that die.")
+@click.option(
+    "--nanny/--no-nanny", default=True, show_default=True, help="Restart workers that die."
+)
 def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthreads: int | None,
            memory_limit: str, name: str | None, nanny: bool, resources: str | None,
            **kwargs: Any) -> None:  # fmt: skip

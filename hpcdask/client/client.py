@@ -18,9 +18,9 @@ from typing import Any
 from .. import config
 from ..comm import connect, normalize_address
 from ..protocol.serialize import Pickled
+from ..protocol.taskspec import FunctionCache, dumps_args, execute_graph_task
 from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
-from ..taskspec import FunctionCache, dumps_args, execute_graph_task
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
 from .data import DataMovement
@@ -99,7 +99,9 @@ class Client(DataMovement, ClusterOperations, SyncAsync):
         if address is not None and not isinstance(address, str):
             self.cluster = address  # a Cluster object
             if cluster_kwargs:
-                raise TypeError(f"Client(cluster) got unexpected keyword arguments {sorted(cluster_kwargs)}")
+                raise TypeError(
+                    f"Client(cluster) got unexpected keyword arguments {sorted(cluster_kwargs)}"
+                )
             security = getattr(address, "security", None) if security is None else security
             address = address.scheduler_address
         if address is None:
@@ -292,7 +294,9 @@ class Client(DataMovement, ClusterOperations, SyncAsync):
                **kwargs: Any) -> Future:  # fmt: skip
         """Run `func(*args, **kwargs)` on a worker; returns its Future at once."""
         if not callable(func):
-            raise TypeError(f"the first argument of submit must be a callable, not {type(func).__name__}")
+            raise TypeError(
+                f"the first argument of submit must be a callable, not {type(func).__name__}"
+            )
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
         if key is not None and key in self._states:
             return Future(key, self)
@@ -308,7 +312,9 @@ class Client(DataMovement, ClusterOperations, SyncAsync):
             pure: bool = True, batch_size: int | None = None, **kwargs: Any) -> list[Future]:  # fmt: skip
         """`submit(func, *items)` for items taken in step from `iterables`; one message in all."""
         if not callable(func):
-            raise TypeError(f"the first argument of map must be a callable, not {type(func).__name__}")
+            raise TypeError(
+                f"the first argument of map must be a callable, not {type(func).__name__}"
+            )
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
@@ -427,7 +433,9 @@ class Client(DataMovement, ClusterOperations, SyncAsync):
         if self.pool is not None:
             await self.pool.close()
         self.status = "closed"
-        if (self._own_cluster if close_cluster is None else close_cluster) and self.cluster is not None:
+        if (
+            self._own_cluster if close_cluster is None else close_cluster
+        ) and self.cluster is not None:
             await self.cluster._close()
         global _default_client
         if _default_client is self:

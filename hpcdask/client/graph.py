@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from ..taskspec import KeyRef
+from ..protocol.taskspec import KeyRef
 
 
 def stringify(key: Any) -> str:

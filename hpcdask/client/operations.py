@@ -78,9 +78,15 @@ class ClusterOperations:
             raise exc.loads() if exc is not None else RuntimeError(reply.get("text"))
         return reply["result"].loads()
 
-    def register_plugin(self, plugin: Any, name: str | None = None, idempotent: bool = False) -> Any:
+    def register_plugin(
+        self, plugin: Any, name: str | None = None, idempotent: bool = False
+    ) -> Any:
         """Install a WorkerPlugin on every worker (and later ones) or a SchedulerPlugin."""
-        name = name or getattr(plugin, "name", None) or f"{type(plugin).__name__}-{uuid.uuid4().hex[:8]}"
+        name = (
+            name
+            or getattr(plugin, "name", None)
+            or f"{type(plugin).__name__}-{uuid.uuid4().hex[:8]}"
+        )
         from ..plugins import SchedulerPlugin, WorkerPlugin
 
         if isinstance(plugin, SchedulerPlugin) or (

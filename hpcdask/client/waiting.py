@@ -56,7 +56,9 @@ async def _wait(futures: list[Future], timeout: float | None, return_when: str) 
             await asyncio.wait_for(waiter(), timeout)
         except asyncio.TimeoutError:
             n = sum(not f.done() for f in futures)
-            raise TimeoutError(f"{n} of {len(futures)} futures were not done after {timeout}s") from None
+            raise TimeoutError(
+                f"{n} of {len(futures)} futures were not done after {timeout}s"
+            ) from None
     done = {f for f in futures if f.done()}
     return DoneAndNotDone(done, set(futures) - done)
 

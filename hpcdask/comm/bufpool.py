@@ -44,7 +44,9 @@ class BufferPool:
             # the smallest idle buffer that fits and wastes at most half of itself
             best = None
             for i, buf in enumerate(self._idle):
-                if n <= buf.nbytes <= 2 * n and (best is None or buf.nbytes < self._idle[best].nbytes):
+                if n <= buf.nbytes <= 2 * n and (
+                    best is None or buf.nbytes < self._idle[best].nbytes
+                ):
                     best = i
             if best is not None:
                 base = self._idle.pop(best)

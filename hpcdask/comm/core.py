@@ -118,7 +118,9 @@ async def connect(
         remaining = deadline - loop.time()
         if remaining <= 0:
             reason = f"{type(last).__name__}: {last}" if last else "timed out"
-            raise OSError(f"Timed out trying to connect to {addr} after {timeout:g}s: {reason}") from last
+            raise OSError(
+                f"Timed out trying to connect to {addr} after {timeout:g}s: {reason}"
+            ) from last
         await asyncio.sleep(min(backoff * (1 + random.random()), remaining))
         backoff = min(backoff * 1.5, 0.5)
 

@@ -133,7 +133,7 @@ def _file_layers() -> list[tuple[str, dict]]:
 
 
 def _env_key(name: str) -> str:
-    return ".".join(normalize(part) for part in name[len(_ENV_PREFIX):].split("__"))
+    return ".".join(normalize(part) for part in name[len(_ENV_PREFIX) :].split("__"))
 
 
 def _lookup(tree: Any, dotted: str) -> Any:
@@ -151,9 +151,11 @@ def _env_value(name: str, raw: str) -> tuple[str, Any]:
     """(key, value) of one HPCDASK_* variable; unknown single-word names are not config."""
     key = _env_key(name)
     default = _lookup(schema(), key)
-    if default is _MISSING and "__" not in name[len(_ENV_PREFIX):]:
+    if default is _MISSING and "__" not in name[len(_ENV_PREFIX) :]:
         return key, _MISSING
-    string_typed = isinstance(default, str) or (isinstance(default, Typed) and default.type == "str")
+    string_typed = isinstance(default, str) or (
+        isinstance(default, Typed) and default.type == "str"
+    )
     value = raw if string_typed else parse_scalar(raw)
     return key, value
 

@@ -42,8 +42,12 @@ _Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }  # fmt: skip
 _INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
-_FLOAT = re.compile(r"^[-+]?([0-9][0-9_]*)?\.?[0-9_]+([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
-_BOOL = re.compile(r"^(true|True|TRUE|false|False|FALSE|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
+_FLOAT = re.compile(
+    r"^[-+]?([0-9][0-9_]*)?\.?[0-9_]+([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"
+)
+_BOOL = re.compile(
+    r"^(true|True|TRUE|false|False|FALSE|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"
+)
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfFyYnNoO"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789.") + ["."])
@@ -70,7 +74,9 @@ def load_file(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top, not {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys at the top, not {type(data).__name__}"
+        )
     return data
 
 
@@ -158,4 +164,3 @@ def validate(data: dict, schema: dict, source: str, prefix: str = "") -> dict:
             )
         out[key] = value
     return out
-

@@ -183,7 +183,13 @@ class EventHandlers(_Base):
             self.aliases[str(ev.name)] = ev.address
         for key, nbytes in (ev.keys or {}).items():
             ts = self.tasks.get(key)
-            if ts is not None and ts.state in ("memory", "released", "waiting", "queued", "no-worker"):
+            if ts is not None and ts.state in (
+                "memory",
+                "released",
+                "waiting",
+                "queued",
+                "no-worker",
+            ):
                 self._data_added(DataAdded(ev.address, {key: nbytes}))
             else:
                 self._free_on(ws, key)

@@ -238,7 +238,9 @@ class SchedulerState(EventHandlers):
             who_has[dts.key] = [w.address for w in dts.who_has or ()]
             nbytes[dts.key] = dts.nbytes
         self._out.append(
-            Compute(ws.address, ts.key, ts.func, ts.args, who_has, nbytes, ts.priority, ts.resources)
+            Compute(
+                ws.address, ts.key, ts.func, ts.args, who_has, nbytes, ts.priority, ts.resources
+            )
         )
 
     def _unprocess(self, ts: TaskState) -> WorkerState | None:

@@ -119,7 +119,9 @@ class LocalCluster(Cluster):
             if not isinstance(r, BaseException):
                 self.workers[name] = new[name]
         if errors:
-            raise RuntimeError(f"{len(errors)} of {n} workers failed to start: {errors[0]}") from errors[0]
+            raise RuntimeError(
+                f"{len(errors)} of {n} workers failed to start: {errors[0]}"
+            ) from errors[0]
 
     async def _stop_workers(self, names: list) -> None:
         workers = [self.workers.pop(n) for n in names if n in self.workers]

@@ -44,6 +44,8 @@ def sge_running() -> bool:
 
 
 requires_slurm = pytest.mark.skipif(
-    not slurm_running(), reason="no running SLURM here: run `sudo ci/slurm_setup.sh` first")
+    not slurm_running(), reason="no running SLURM here: run `sudo ci/slurm_setup.sh` first"
+)
 requires_sge = pytest.mark.skipif(
-    not sge_running(), reason="no running SGE here: run `sudo ci/sge_setup.sh` first")
+    not sge_running(), reason="no running SGE here: run `sudo ci/sge_setup.sh` first"
+)

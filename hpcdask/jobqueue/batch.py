@@ -36,13 +36,15 @@ class JobStatus:
     hopeless: bool = False  # pending, but the batch system says it can never start
 
 
-async def run(cmd: list[str], timeout: float = 60.0, cwd: str | None = None) -> tuple[int, str, str]:
+async def run(
+    cmd: list[str], timeout: float = 60.0, cwd: str | None = None
+) -> tuple[int, str, str]:
     """(returncode, stdout, stderr) of a command, without a shell."""
     env = {k: v for k, v in os.environ.items() if k != "HPCDASK_SECRET"}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-            cwd=cwd)
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd
+        )
     except FileNotFoundError:
         raise JobSubmissionError(f"`{cmd[0]}` is not installed or not on PATH") from None
     try:
@@ -50,7 +52,9 @@ async def run(cmd: list[str], timeout: float = 60.0, cwd: str | None = None) -> 
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        raise JobSubmissionError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f}s") from None
+        raise JobSubmissionError(
+            f"`{' '.join(cmd)}` did not answer within {timeout:.0f}s"
+        ) from None
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -111,7 +115,9 @@ class BatchSystem:
             return {}
         rc, out, err = await run(self.status_command(job_ids))
         if rc != 0 and not self.missing_ok(err):
-            raise JobSubmissionError(f"{self.name}: status call failed: {err.strip() or out.strip()}")
+            raise JobSubmissionError(
+                f"{self.name}: status call failed: {err.strip() or out.strip()}"
+            )
         found = self.parse_status(out, job_ids)
         gone = [j for j in job_ids if j not in found]
         if gone:
@@ -133,4 +139,3 @@ class BatchSystem:
     async def cancel(self, job_ids: list[str]) -> None:
         if job_ids:
             await run([*self.cancel_command, *job_ids])
-

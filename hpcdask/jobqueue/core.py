@@ -134,7 +134,9 @@ class JobQueueCluster(Cluster):
 
     async def _post_start(self) -> None:
         self._secret_path = self._write_secret()
-        ctx = script.context(self.system, self._opts, self.scheduler_address, str(self._secret_path))
+        ctx = script.context(
+            self.system, self._opts, self.scheduler_address, str(self._secret_path)
+        )
         self._script = script.render(self.system, ctx)
         self._poller = asyncio.ensure_future(self._poll_loop())
         # jobs must not outlive a script that forgot close(): cancel them at exit
@@ -222,7 +224,9 @@ class JobQueueCluster(Cluster):
 
     def _add_job(self, job_id: str) -> Job:
         prefix = f"{self._opts['name']}-{job_id}"
-        names = [prefix] if self.processes == 1 else [f"{prefix}-{i}" for i in range(self.processes)]
+        names = (
+            [prefix] if self.processes == 1 else [f"{prefix}-{i}" for i in range(self.processes)]
+        )
         job = self.jobs[job_id] = Job(job_id, names, time.time())
         for name in names:
             self.workers[name] = _Slot(job_id)
@@ -232,7 +236,9 @@ class JobQueueCluster(Cluster):
     async def _stop_jobs(self, jobs: list[Job]) -> None:
         """Hand the workers' data to others first, then cancel the jobs."""
         addr = self._addresses()
-        leaving = [addr[n] for j in jobs for n in j.names if addr.get(n) in self.scheduler.state.workers]
+        leaving = [
+            addr[n] for j in jobs for n in j.names if addr.get(n) in self.scheduler.state.workers
+        ]
         if leaving and self.status == "running":
             await self.scheduler._retire(leaving, close=False)
         for job in jobs:
@@ -301,8 +307,9 @@ class JobQueueCluster(Cluster):
             if st.state == FAILED:  # e.g. SGE's Eqw stays in the queue: say why, then remove it
                 job.reason = (await self.batch.explain([job.id])).get(job.id) or job.reason
                 await self.batch.cancel([job.id])
-            for path in self.batch.output_files(job.id, self._ctx["job_name"],
-                                                self._opts.get("log_directory"), self._submit_dir):
+            for path in self.batch.output_files(
+                job.id, self._ctx["job_name"], self._opts.get("log_directory"), self._submit_dir
+            ):
                 job.output = tail(path)
                 if job.output:
                     break
@@ -342,8 +349,11 @@ class JobQueueCluster(Cluster):
                      for name in j.names if name not in addr)  # fmt: skip
         if len(self.scheduler.state.workers) + coming >= n:
             return []
-        return [j for j in self.jobs.values()
-                if j.hopeless or (j.state in ENDED and not j.connected and not j.cancelled)]
+        return [
+            j
+            for j in self.jobs.values()
+            if j.hopeless or (j.state in ENDED and not j.connected and not j.cancelled)
+        ]
 
     async def _wait_for_workers(self, n: int, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -355,16 +365,21 @@ class JobQueueCluster(Cluster):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{self.name}: only {len(self.scheduler.state.workers)} of {n} workers arrived "
-                    f"within {timeout}s. Jobs: " + ("; ".join(j.describe() for j in self.jobs.values())
-                                                   or "none submitted (call scale() first)"))
+                    f"within {timeout}s. Jobs: "
+                    + (
+                        "; ".join(j.describe() for j in self.jobs.values())
+                        or "none submitted (call scale() first)"
+                    )
+                )
             await asyncio.sleep(0.05)
 
     async def _get_logs(self, scheduler: bool, workers: bool) -> dict:
         """The scheduler's and workers' logs, plus the tail of each job's output file."""
         logs = await super()._get_logs(scheduler, workers)
         for job in self.jobs.values():
-            for path in self.batch.output_files(job.id, self._ctx["job_name"],
-                                                self._opts.get("log_directory"), self._submit_dir):
+            for path in self.batch.output_files(
+                job.id, self._ctx["job_name"], self._opts.get("log_directory"), self._submit_dir
+            ):
                 text = tail(path, 50)
                 if text:
                     logs[f"job {job.id}"] = text.splitlines()
@@ -382,7 +397,9 @@ class JobQueueCluster(Cluster):
             counts[job.state] = counts.get(job.state, 0) + 1
         if not counts:
             return text
-        return text[:-1] + ", jobs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+        return (
+            text[:-1] + ", jobs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+        )
 
     # ------------------------------------------------------------ closing
 

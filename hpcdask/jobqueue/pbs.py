@@ -55,7 +55,10 @@ class PBS(BatchSystem):
                      cwd: str) -> list[Path]:  # fmt: skip
         seq = job_id.split(".")[0]
         if log_directory:  # -o DIR/: PBS Pro names the file after the job id
-            return [Path(log_directory) / f"{job_id}.OU", Path(log_directory) / f"{job_name}.o{seq}"]
+            return [
+                Path(log_directory) / f"{job_id}.OU",
+                Path(log_directory) / f"{job_name}.o{seq}",
+            ]
         return [Path(cwd) / f"{job_name}.o{seq}"]  # copied back when the job ends
 
 

@@ -109,8 +109,10 @@ def options(system: str, site: str | None = None, **kwargs: Any) -> dict:
     if site is not None:
         meta = config.load_site(config.find_site(site, config.get("jobqueue.site-dirs") or []))
         if meta["system"] != system:
-            raise ValueError(f"site {site!r} is a {meta['system']} site, not {system}: "
-                             f"use {meta['system'].upper()}Cluster or --system {meta['system']}")
+            raise ValueError(
+                f"site {site!r} is a {meta['system']} site, not {system}: "
+                f"use {meta['system'].upper()}Cluster or --system {meta['system']}"
+            )
     merged = config.collect(site=site)["jobqueue"]
     if system not in merged or system == "common":
         raise ValueError(f"unknown batch system {system!r}; known: {', '.join(config.SYSTEMS)}")
@@ -148,9 +150,13 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
     """Template variables: the options plus what follows from them (threads, memory, lifetime)."""
     cores, memory = opts.get("cores"), opts.get("memory")
     if not cores or cores < 1:
-        raise ValueError(f"cores= is required: how many cores each job has (or set jobqueue.{system}.cores)")
+        raise ValueError(
+            f"cores= is required: how many cores each job has (or set jobqueue.{system}.cores)"
+        )
     if not memory:
-        raise ValueError(f"memory= is required: e.g. memory='16GB' per job (or set jobqueue.{system}.memory)")
+        raise ValueError(
+            f"memory= is required: e.g. memory='16GB' per job (or set jobqueue.{system}.memory)"
+        )
     nbytes = parse_bytes(memory)
     processes = opts.get("processes") or default_processes(cores)
     if processes > cores:
@@ -170,7 +176,9 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
         worker_name=f"{opts['name']}-{JOB_ID_VARS.get(system, '$$')}",
     )  # fmt: skip
     if system == "slurm" and ctx.get("resource_spec"):
-        raise ValueError("SLURM has no resource_spec: use job_extra_directives, e.g. ['--gres=gpu:1']")
+        raise ValueError(
+            "SLURM has no resource_spec: use job_extra_directives, e.g. ['--gres=gpu:1']"
+        )
     if system == "pbs" and ctx.get("resource_spec"):
         ctx["resources"] = [ctx["resource_spec"]]
     env = environment(opts.get("template_dir"))

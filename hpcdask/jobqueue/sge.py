@@ -46,7 +46,9 @@ class SGE(BatchSystem):
             if rc != 0 or not code:
                 out[job_id] = JobStatus(GONE, "no longer in the queue")
             elif failed and failed.group(1) != "0":
-                out[job_id] = JobStatus(FAILED, f"failed {failed.group(1)}, exit status {code.group(1)}")
+                out[job_id] = JobStatus(
+                    FAILED, f"failed {failed.group(1)}, exit status {code.group(1)}"
+                )
             elif code.group(1) != "0":
                 out[job_id] = JobStatus(FAILED, f"exit status {code.group(1)}")
             else:

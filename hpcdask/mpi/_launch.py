@@ -47,7 +47,9 @@ def bootstrap(comm, servers: RankServers) -> Contact:
     if comm.Get_rank() != 0:
         payload = comm.bcast(None, root=0)
         if "error" in payload:
-            raise SchedulerStartError(f"the scheduler on rank 0 failed to start: {payload['error']}")
+            raise SchedulerStartError(
+                f"the scheduler on rank 0 failed to start: {payload['error']}"
+            )
         return Contact(payload["address"], payload["secret"])
     try:
         from hpcdask.security import new_secret

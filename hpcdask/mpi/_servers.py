@@ -47,7 +47,11 @@ def resolve_worker_class(worker_class: Any, nanny: bool):
         return Nanny if nanny else Worker
     if isinstance(worker_class, str):
         module, _, attr = worker_class.rpartition(".")
-        if attr in ("Worker", "Nanny") and module.split(".")[0] in ("distributed", "dask", "hpcdask"):
+        if attr in ("Worker", "Nanny") and module.split(".")[0] in (
+            "distributed",
+            "dask",
+            "hpcdask",
+        ):
             return Nanny if attr == "Nanny" else Worker
         return getattr(importlib.import_module(module), attr)
     return worker_class

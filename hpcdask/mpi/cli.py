@@ -18,25 +18,56 @@ from ._world import Layout, MPIUnavailableError, WorldTooSmallError, load_mpi
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--scheduler-file", default=None, help="Write address and secret here (0600) for clients.")
-@click.option("--scheduler-port", type=int, default=0, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--scheduler-file", default=None, help="Write address and secret here (0600) for clients."
+)
+@click.option(
+    "--scheduler-port", type=int, default=0, show_default=True, help="0 picks a free port."
+)
 @click.option("--interface", default=None, help="Network interface to use, such as ib0 or eth0.")
 @click.option("--protocol", default=None, help="Transport, such as tcp (the default) or ucx.")
 @click.option("--nthreads", type=int, default=1, show_default=True, help="Threads per worker.")
-@click.option("--memory-limit", default="auto", show_default=True, help="Bytes, '4GB', fraction or auto.")
+@click.option(
+    "--memory-limit", default="auto", show_default=True, help="Bytes, '4GB', fraction or auto."
+)
 @click.option("--local-directory", default=None, help="Directory for worker scratch files.")
 @click.option("--name", default=None, help="Worker name prefix: workers are named NAME-RANK.")
-@click.option("--nanny/--no-nanny", default=True, show_default=True,
-              help="Run each worker in a child process that a nanny restarts if it dies.")
-@click.option("--exclusive-workers/--inclusive-workers", default=True, show_default=True,
-              help="--inclusive-workers also runs a worker on the scheduler's rank 0.")
-def main(scheduler_file, scheduler_port, interface, protocol, nthreads, memory_limit,
-         local_directory, name, nanny, exclusive_workers):
+@click.option(
+    "--nanny/--no-nanny",
+    default=True,
+    show_default=True,
+    help="Run each worker in a child process that a nanny restarts if it dies.",
+)
+@click.option(
+    "--exclusive-workers/--inclusive-workers",
+    default=True,
+    show_default=True,
+    help="--inclusive-workers also runs a worker on the scheduler's rank 0.",
+)
+def main(
+    scheduler_file,
+    scheduler_port,
+    interface,
+    protocol,
+    nthreads,
+    memory_limit,
+    local_directory,
+    name,
+    nanny,
+    exclusive_workers,
+):
     """Start an hpcdask cluster over the ranks of an MPI job: mpirun -n N hpcdask-mpi"""
-    options = Options(interface=interface, protocol=protocol, nthreads=nthreads,
-                      memory_limit=memory_limit, local_directory=local_directory,
-                      scheduler_port=scheduler_port, scheduler_file=scheduler_file,
-                      name=name, nanny=nanny)
+    options = Options(
+        interface=interface,
+        protocol=protocol,
+        nthreads=nthreads,
+        memory_limit=memory_limit,
+        local_directory=local_directory,
+        scheduler_port=scheduler_port,
+        scheduler_file=scheduler_file,
+        name=name,
+        nanny=nanny,
+    )
     try:
         MPI = load_mpi()
         comm = MPI.COMM_WORLD

@@ -53,7 +53,9 @@ class Scheduler(Server):
         if security is None:
             security = Security()
         if not security.secret:
-            security.secret = as_secret(config.get("secret")) if config.get("secret") else new_secret()
+            security.secret = (
+                as_secret(config.get("secret")) if config.get("secret") else new_secret()
+            )
         super().__init__(security=security)
         self.listen_address = address_from(protocol=protocol, host=host, port=port,
                                            interface=interface)  # fmt: skip
@@ -203,7 +205,9 @@ class Scheduler(Server):
     async def _register_worker(self, comm: Any, msg: dict) -> Any:
         addr = msg["address"]
         if addr in self.worker_streams:
-            await comm.send({"status": "error", "text": f"a worker at {addr} is already registered"})
+            await comm.send(
+                {"status": "error", "text": f"a worker at {addr} is already registered"}
+            )
             return Server.STREAM
         self.worker_info[addr] = {
             "name": msg.get("name"), "nthreads": msg["nthreads"],

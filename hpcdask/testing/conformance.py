@@ -69,8 +69,13 @@ def builtin_transports() -> list[TransportSpec]:
     secret = new_secret()
     specs = [
         TransportSpec("tcp", "tcp://127.0.0.1:0", Security(secret=secret)),
-        TransportSpec("inproc", "inproc://", Security(secret=secret), multiprocess=False,
-                      device_frames="same-process"),
+        TransportSpec(
+            "inproc",
+            "inproc://",
+            Security(secret=secret),
+            multiprocess=False,
+            device_frames="same-process",
+        ),
     ]
     for factory in _OPTIONAL:
         try:
@@ -105,7 +110,9 @@ def _ucx(secret: bytes) -> TransportSpec | None:
         return None
     os.environ.setdefault("UCX_NET_DEVICES", "lo")  # see hpcdask/comm/ucx.py
     os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
-    return TransportSpec("ucx", "ucx://127.0.0.1:0", Security(secret=secret), device_frames="device")
+    return TransportSpec(
+        "ucx", "ucx://127.0.0.1:0", Security(secret=secret), device_frames="device"
+    )
 
 
 def _ws(secret: bytes) -> TransportSpec:

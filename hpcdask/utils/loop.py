@@ -38,7 +38,9 @@ class LoopThread:
         self.loop.call_soon(self._started.set)
         self.loop.run_forever()
 
-    def run_sync(self, func: Callable[[], Awaitable[T]] | Awaitable[T], timeout: float | None = None) -> T:
+    def run_sync(
+        self, func: Callable[[], Awaitable[T]] | Awaitable[T], timeout: float | None = None
+    ) -> T:
         """Run a coroutine on the loop from another thread and wait for its result."""
         if threading.current_thread() is self.thread:
             raise RuntimeError("run_sync called from the event loop thread itself: use `await`")

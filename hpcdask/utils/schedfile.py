@@ -24,7 +24,9 @@ def read_scheduler_file(path: str) -> tuple[str, bytes | None]:
             f"--scheduler-file {path} first, or wait for it to write the file"
         ) from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"scheduler file {path} is not valid JSON ({e}); is it half-written?") from None
+        raise ValueError(
+            f"scheduler file {path} is not valid JSON ({e}); is it half-written?"
+        ) from None
     secret = info.get("secret")
     if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise PermissionError(

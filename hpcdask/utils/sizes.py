@@ -29,7 +29,13 @@ def parse_bytes(text: str | int | float) -> int:
 
 
 def format_bytes(n: float) -> str:
-    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("kiB", 2**10)):
+    for unit, size in (
+        ("PiB", 2**50),
+        ("TiB", 2**40),
+        ("GiB", 2**30),
+        ("MiB", 2**20),
+        ("kiB", 2**10),
+    ):
         if n >= size * 0.9:
             return f"{n / size:.2f} {unit}"
     return f"{int(n)} B"

@@ -209,7 +209,9 @@ class Nanny(AsyncLifecycle):
         return True
 
     async def close(self, timeout: float = 5) -> None:
-        if self.status == "closed" and (self.process is None or self.process.returncode is not None):
+        if self.status == "closed" and (
+            self.process is None or self.process.returncode is not None
+        ):
             return
         self.status = "closing"
         proc = self.process

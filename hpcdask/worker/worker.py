@@ -25,9 +25,9 @@ from .. import config
 from ..comm import address_from
 from ..core import worker_state as ws
 from ..protocol.serialize import Pickled
+from ..protocol.taskspec import loads_args
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security
-from ..taskspec import loads_args
 from ..utils.logs import LogBuffer
 from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
@@ -133,7 +133,9 @@ class Worker(Server):
     # ------------------------------------------------------------ lifecycle
 
     def __repr__(self) -> str:
-        return f"<Worker {self.address or self.listen_address} {self.status} nthreads={self.nthreads}>"
+        return (
+            f"<Worker {self.address or self.listen_address} {self.status} nthreads={self.nthreads}>"
+        )
 
     async def start(self) -> Worker:
         if self.status == "running":

@@ -16,8 +16,8 @@ from typing import Any
 
 import cloudpickle
 
-from .protocol import device as _device
-from .protocol.serialize import Pickled
+from . import device as _device
+from .serialize import Pickled
 
 
 class KeyRef:
