@@ -24,6 +24,7 @@ import psutil
 from .. import config
 from ..comm import address_from
 from ..core import worker_state as ws
+from ..diagnostics.recorder import TaskRecorder
 from ..protocol.serialize import Pickled
 from ..protocol.taskspec import loads_args
 from ..rpc import BatchedSend, ConnectionPool, Server
@@ -115,6 +116,7 @@ class Worker(Server):
         self._avg_duration = 0.01
         self._inline: dict[str, Pickled] = {}
         self.logs = LogBuffer.attach("hpcdask")
+        self.recorder = TaskRecorder()  # task runs and transfers, for the task stream
         self.stream: BatchedSend | None = None
         self.status = "created"
         self.exit_code = 0
@@ -127,6 +129,7 @@ class Worker(Server):
             "plugin-add": self._plugin_add,
             "acquire-replicas": self._acquire_replicas,
             "get-logs": self._get_logs,
+            "drain-task-stream": self.recorder.handler,
             "close": self._close_request,
         })  # fmt: skip
 
@@ -336,8 +339,12 @@ class Worker(Server):
             a, kw = loads_args(args, self.data)
             result = func(*a, **kw)
         except BaseException as e:  # noqa: BLE001 - a task may raise anything, even SystemExit
-            return key, False, e, traceback.format_exc(), time.perf_counter() - start
-        return key, True, result, None, time.perf_counter() - start
+            stop = time.perf_counter()
+            self.recorder.tasks.append((key, threading.get_ident(), start, stop, False))
+            return key, False, e, traceback.format_exc(), stop - start
+        stop = time.perf_counter()
+        self.recorder.tasks.append((key, threading.get_ident(), start, stop, True))
+        return key, True, result, None, stop - start
 
     def _result_event(self, key: str, ok: bool, value: Any, tb: Any, duration: float) -> Any:
         if ok:
@@ -377,6 +384,7 @@ class Worker(Server):
     # ------------------------------------------------------------ data transfer
 
     async def _gather_dep(self, worker: str, keys: list) -> None:
+        start = time.perf_counter()
         try:
             data = await self.pool.call(worker, "get-data", keys=keys)
         except Exception as e:
@@ -390,6 +398,8 @@ class Worker(Server):
             value = value.loads() if type(value) is Pickled else value
             self.data[key] = value
             nbytes[key] = sizeof(value)
+        self.recorder.transfer(worker, len(nbytes), sum(nbytes.values()), start,
+                               time.perf_counter())  # fmt: skip
         if self.status == "running":
             self._handle(ws.GatherDone(worker, nbytes, [k for k in keys if k not in data]))
 
