@@ -20,7 +20,7 @@ from .client import (
 )
 from .client.client import default_client as get_client
 from .core.exceptions import FutureCancelledError, KilledWorker
-from .deploy import Cluster, LocalCluster
+from .deploy import Cluster, LocalCluster, SpecCluster
 from .plugins import SchedulerPlugin, WorkerPlugin
 from .scheduler import Scheduler
 from .security import Security
@@ -50,6 +50,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Cluster", "Future",
     "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny", "Scheduler",
-    "SchedulerPlugin", "Security", "Worker", "WorkerPlugin", "as_completed", "fire_and_forget",
+    "SchedulerPlugin", "Security", "SpecCluster", "Worker", "WorkerPlugin", "as_completed",
+    "fire_and_forget",
     "get_client", "get_worker", "wait", *_LAZY,
 ]  # fmt: skip

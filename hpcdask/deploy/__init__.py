@@ -1,4 +1,5 @@
 from .cluster import Cluster
 from .local import LocalCluster
+from .spec import SpecCluster
 
-__all__ = ["Cluster", "LocalCluster"]
+__all__ = ["Cluster", "LocalCluster", "SpecCluster"]

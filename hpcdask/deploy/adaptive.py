@@ -1,4 +1,8 @@
-"""Adaptive scaling: grow with the pending work, shrink only after it stays low a while."""
+"""Adaptive scaling: grow with the pending work, shrink only after it stays low a while.
+
+One implementation for every cluster: it asks the scheduler for the threads its pending work
+needs (directly when the scheduler is in this process, by address when it is remote) and calls
+the cluster's `_scale`, which each cluster kind implements once."""
 
 from __future__ import annotations
 
@@ -29,15 +33,21 @@ class Adaptive:
         if self._task is not None:
             self.cluster.loop.call_soon_threadsafe(self._task.cancel)
 
-    def recommendation(self) -> int:
-        threads = self.cluster.scheduler.state.adaptive_target(self.target_duration)
+    async def recommendation(self) -> int:
+        cluster = self.cluster
+        if cluster._local:
+            threads = cluster.scheduler.state.adaptive_target(self.target_duration)
+        else:
+            threads = await cluster._scheduler_call(
+                "adaptive-target", target_duration=self.target_duration
+            )
         wanted = math.ceil(threads / max(1, self.cluster._threads_per_worker()))
         return int(max(self.minimum, min(self.maximum, wanted)))
 
     async def _run(self) -> None:
         while self.cluster.status == "running":
             try:
-                target = self.recommendation()
+                target = await self.recommendation()
                 current = len(self.cluster.workers)
                 if target > current:
                     self._low = 0

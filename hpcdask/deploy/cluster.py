@@ -1,8 +1,10 @@
-"""`Cluster`: what LocalCluster and the batch-system clusters share.
+"""`Cluster`: what every cluster manager shares (LocalCluster, SpecCluster, SSHCluster, jobqueue).
 
-A cluster owns an in-process Scheduler and a set of workers it can start and stop; subclasses say
-how (`_start_workers`, `_stop_workers`). Synchronous use runs on the process-wide background
-loop, like the Client, so one script can mix both freely.
+A cluster owns a scheduler and a set of workers it can start and stop; subclasses say how
+(`_start_workers`, `_stop_workers`). The scheduler is normally in this process; a subclass may
+start it elsewhere (`_start_scheduler`: an SSH host, a batch job), and then everything here
+reaches it through its address instead of its state. Synchronous use runs on the process-wide
+background loop, like the Client, so one script can mix both freely.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import time
 from typing import Any
 
+from ..rpc import ConnectionPool
 from ..scheduler import Scheduler
 from ..security import Security, new_secret
 from ..utils.loop import SyncAsync, done_awaitable
@@ -21,8 +24,10 @@ from ..utils.sizes import format_bytes
 
 class Cluster(SyncAsync):
     def __init__(self, asynchronous: bool = False, security: Security | None = None,
-                 scheduler_options: dict | None = None, name: str | None = None) -> None:  # fmt: skip
+                 scheduler_options: dict | None = None, name: str | None = None,
+                 shutdown_on_close: bool = True) -> None:  # fmt: skip
         self._asynchronous = asynchronous
+        self.shutdown_on_close = shutdown_on_close
         if security is None:
             security = Security(secret=new_secret())
         elif not security.secret:
@@ -36,6 +41,8 @@ class Cluster(SyncAsync):
         self._adaptive: Any = None
         self._lock: asyncio.Lock | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ConnectionPool | None = None
+        self._info: dict = {"workers": {}}  # last identity of a remote scheduler
 
     # ------------------------------------------------------------ sync/async plumbing
 
@@ -56,13 +63,48 @@ class Cluster(SyncAsync):
         self.loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self.status = "starting"
-        self.scheduler = Scheduler(security=self.security, inproc=True, **self.scheduler_options)
-        await self.scheduler.start()
+        self._pool = ConnectionPool(security=self.security)
+        try:
+            self.scheduler = await self._start_scheduler()
+        except BaseException:
+            self.status = "failed"
+            await self._pool.close()
+            raise
         self.status = "running"
-        await self._post_start()
+        try:
+            await self._post_start()
+        except BaseException:  # e.g. workers failed to start: leave nothing running behind
+            await self._close()
+            raise
+
+    async def _start_scheduler(self) -> Any:
+        """The scheduler, started: in this process unless a subclass puts it elsewhere (then
+        it returns an object with `.address` and `async close()`)."""
+        scheduler = Scheduler(security=self.security, inproc=True, **self.scheduler_options)
+        return await scheduler.start()
 
     async def _post_start(self) -> None:
         """Hook for subclasses: start initial workers."""
+
+    @property
+    def _local(self) -> bool:
+        """Whether the scheduler runs in this process (its state can be read directly)."""
+        return isinstance(self.scheduler, Scheduler)
+
+    async def _scheduler_call(self, op: str, **kwargs: Any) -> Any:
+        return await self._pool.call(self.scheduler_address, op, **kwargs)
+
+    async def _identity(self) -> dict:
+        """The scheduler's view of the cluster; cached for `repr` when it is remote."""
+        if self._local:
+            return self.scheduler.identity()
+        self._info = await self._scheduler_call("identity")
+        return self._info
+
+    async def _n_connected(self) -> int:
+        if self._local:
+            return len(self.scheduler.state.workers)
+        return len((await self._identity())["workers"])
 
     @property
     def scheduler_address(self) -> str:
@@ -81,16 +123,22 @@ class Cluster(SyncAsync):
         self.status = "closing"
         if self._adaptive is not None:
             self._adaptive.stop()
-        if self.workers:
-            await self._stop_workers(list(self.workers))
-        if self.scheduler is not None:
-            await self.scheduler.close()
+        if self.shutdown_on_close:
+            if self.workers:
+                await self._stop_workers(list(self.workers))
+            if self.scheduler is not None:
+                await self.scheduler.close()
+        if self._pool is not None:
+            await self._pool.close()
         self.status = "closed"
 
     def __del__(self) -> None:
         if getattr(self, "status", "closed") == "running" and not self._asynchronous:
             try:
-                self.close()
+                if self._in_loop():  # collected on the loop thread: cannot block there
+                    asyncio.ensure_future(self._close())
+                else:
+                    self.close()
             except Exception:
                 pass
 
@@ -124,6 +172,8 @@ class Cluster(SyncAsync):
 
     async def _choose_leavers(self, k: int) -> list:
         """Names of the k workers cheapest to lose; their unique data moves elsewhere first."""
+        if not self._local:
+            return await self._choose_leavers_remote(k)
         state = self.scheduler.state
         addr_of = {name: getattr(w, "address", None) for name, w in self.workers.items()}
 
@@ -135,6 +185,18 @@ class Cluster(SyncAsync):
         addresses = [addr_of[n] for n in leavers if addr_of[n] in state.workers]
         if addresses:
             await self.scheduler._retire(addresses, close=False)
+        return leavers
+
+    async def _choose_leavers_remote(self, k: int) -> list:
+        """The same through the scheduler's address: it picks (and empties) the idlest."""
+        by_addr = {getattr(w, "address", None): name for name, w in self.workers.items()}
+        connected = (await self._identity())["workers"]
+        unconnected = [n for n, w in self.workers.items()
+                       if getattr(w, "address", None) not in connected]  # fmt: skip
+        leavers = unconnected[:k]
+        if len(leavers) < k:
+            retired = await self._scheduler_call("retire-workers", n=k - len(leavers), close=False)
+            leavers += [by_addr[a] for a in retired if a in by_addr]
         return leavers
 
     def adapt(self, minimum: int = 0, maximum: float = math.inf, interval: float = 1.0,
@@ -163,12 +225,12 @@ class Cluster(SyncAsync):
 
     async def _wait_for_workers(self, n: int, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while len(self.scheduler.state.workers) < n:
+        while (have := await self._n_connected()) < n:
             await self._check_failures()
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: only {len(self.scheduler.state.workers)} of "
-                                   f"{n} workers arrived within {timeout}s")  # fmt: skip
-            await asyncio.sleep(0.05)
+                raise TimeoutError(f"{self.name}: only {have} of {n} workers arrived "
+                                   f"within {timeout}s")  # fmt: skip
+            await asyncio.sleep(0.05 if self._local else 0.2)
 
     async def _check_failures(self) -> None:
         """Raise if the workers asked for can never arrive (batch clusters override this)."""
@@ -182,18 +244,27 @@ class Cluster(SyncAsync):
     async def _get_logs(self, scheduler: bool, workers: bool) -> dict:
         logs: dict[str, list] = {}
         if scheduler:
-            logs["Scheduler"] = self.scheduler.logs.lines()
+            logs["Scheduler"] = (
+                self.scheduler.logs.lines()
+                if self._local
+                else await self._scheduler_call("get-logs")
+            )
         if workers:
-            addrs = list(self.scheduler.worker_info)
+            addrs = list((await self._identity())["workers"])
             results = await asyncio.gather(
-                *(self.scheduler.pool.call(a, "get-logs") for a in addrs), return_exceptions=True
+                *(self._pool.call(a, "get-logs") for a in addrs), return_exceptions=True
             )
             for a, r in zip(addrs, results):
                 logs[a] = r if isinstance(r, list) else [f"could not fetch logs: {r}"]
         return logs
 
     def _summary(self) -> dict:
-        info = self.scheduler.identity() if self.scheduler is not None else {"workers": {}}
+        if self.scheduler is None:
+            info: dict = {"workers": {}}
+        elif self._local:
+            info = self.scheduler.identity()
+        else:  # a remote scheduler: the last identity fetched (repr must not block)
+            info = self._info
         workers = info["workers"]
         return {
             "workers": len(workers),

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import math
 import os
 from typing import Any
 
 import psutil
 
+from ..scheduler import Scheduler
 from ..security import Security
-from .cluster import Cluster
+from ..worker import Nanny, Worker
+from .spec import SpecCluster
 
 
 def default_layout(cores: int) -> tuple[int, int]:
@@ -26,9 +26,10 @@ def default_layout(cores: int) -> tuple[int, int]:
     return workers, cores // workers
 
 
-class LocalCluster(Cluster):
+class LocalCluster(SpecCluster):
     """`LocalCluster(n_workers=2, threads_per_worker=1)`; `processes=False` runs workers as
-    threads in this process over `inproc://`."""
+    threads in this process over `inproc://`. A SpecCluster whose specs are built from these
+    arguments: every worker (initial or from `scale`/`adapt`) starts from one template."""
 
     def __init__(
         self,
@@ -79,50 +80,33 @@ class LocalCluster(Cluster):
             host = "127.0.0.1"  # a local cluster listens on loopback unless told otherwise
         sched = {"protocol": protocol, "host": host, "port": scheduler_port,
                  "interface": interface, **(scheduler_options or {})}  # fmt: skip
-        super().__init__(asynchronous=asynchronous, security=security,
-                         scheduler_options=sched, name=name or "LocalCluster")  # fmt: skip
         self.n_workers = n_workers
         self.threads = threads_per_worker
         self.processes = processes
         if memory_limit == "auto":
             memory_limit = int(psutil.virtual_memory().total / max(n_workers, 1))
-        self.worker_options = {
+        options = {
             "nthreads": threads_per_worker, "memory_limit": memory_limit,
             "resources": resources, "local_directory": local_directory,
             "protocol": protocol, "host": host if protocol != "inproc" else None,
             "interface": interface, **(worker_options or {}),
         }  # fmt: skip
-        self.worker_log_level = silence_logs or "WARNING"
-        self._names = itertools.count()
-        self._begin()
+        options = {k: v for k, v in options.items() if v is not None}
+        if processes:
+            env = {
+                "HPCDASK_LOGGING_LEVEL": str(silence_logs or "WARNING"),
+                **options.pop("env", {}),
+            }
+            options["env"] = env
+        template = {"cls": Nanny if processes else Worker, "options": options}
+        super().__init__(
+            workers={i: template for i in range(n_workers)},
+            scheduler={"cls": Scheduler, "options": sched},
+            worker=template,
+            asynchronous=asynchronous,
+            security=security,
+            name=name or "LocalCluster",
+        )
 
     def _threads_per_worker(self) -> int:
         return self.threads
-
-    async def _post_start(self) -> None:
-        await self._start_workers(self.n_workers)
-
-    async def _start_workers(self, n: int) -> None:
-        from ..worker import Nanny, Worker
-
-        cls = Nanny if self.processes else Worker
-        opts = {k: v for k, v in self.worker_options.items() if v is not None}
-        new = {}
-        for _ in range(n):
-            name = next(self._names)
-            if self.processes:
-                opts["env"] = {"HPCDASK_LOGGING_LEVEL": self.worker_log_level}
-            new[name] = cls(self.scheduler_address, name=name, security=self.security, **opts)
-        results = await asyncio.gather(*(w.start() for w in new.values()), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for name, r in zip(new, results):
-            if not isinstance(r, BaseException):
-                self.workers[name] = new[name]
-        if errors:
-            raise RuntimeError(
-                f"{len(errors)} of {n} workers failed to start: {errors[0]}"
-            ) from errors[0]
-
-    async def _stop_workers(self, names: list) -> None:
-        workers = [self.workers.pop(n) for n in names if n in self.workers]
-        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
