@@ -47,7 +47,8 @@ class Nanny(AsyncLifecycle):
         **worker_kwargs: Any,
     ) -> None:
         allowed = {"local_directory", "resources", "interface", "protocol", "host", "port",
-                   "death_timeout", "lifetime", "lifetime_stagger"}  # fmt: skip
+                   "death_timeout", "lifetime", "lifetime_stagger", "preload",
+                   "preload_argv"}  # fmt: skip
         unknown = set(worker_kwargs) - allowed
         if unknown:
             raise TypeError(f"Nanny() got unexpected keyword arguments {sorted(unknown)}")
@@ -87,6 +88,10 @@ class Nanny(AsyncLifecycle):
                 cmd += ["--" + opt.replace("_", "-"), str(kw[opt])]
         if kw.get("resources"):
             cmd += ["--resources", ",".join(f"{k}={v}" for k, v in kw["resources"].items())]
+        for module in kw.get("preload") or ():  # the worker process sets them up (cli/preload.py)
+            cmd += ["--preload", str(module)]
+        if kw.get("preload_argv"):
+            cmd += ["--", *map(str, kw["preload_argv"])]
         return cmd
 
     async def start(self) -> Nanny:
