@@ -24,6 +24,7 @@ from ..security import Security, resolve_secret
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
 from .data import DataMovement
+from .datasets import Datasets
 from .future import Future, FutureState
 from .operations import ClusterOperations
 from .structures import (
@@ -52,7 +53,7 @@ def _func_name(func: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-class Client(DataMovement, ClusterOperations, SyncAsync):
+class Client(DataMovement, ClusterOperations, Datasets, SyncAsync):
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(

@@ -26,6 +26,7 @@ from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security, as_secret, new_secret, remove_secret, save_secret
 from ..utils.logs import LogBuffer
+from .datasets import install as install_datasets
 
 logger = logging.getLogger("hpcdask.scheduler")
 
@@ -103,6 +104,7 @@ class Scheduler(Server):
             "terminate": self._terminate,
             "shutdown": self._shutdown,
         })  # fmt: skip
+        install_datasets(self)  # publish_dataset & co (scheduler/datasets.py)
 
     # ------------------------------------------------------------ lifecycle
 
