@@ -16,6 +16,7 @@ from .client import (
     Future,
     as_completed,
     fire_and_forget,
+    futures_of,
     wait,
 )
 from .client.client import default_client as get_client
@@ -51,6 +52,6 @@ __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Cluster", "Future",
     "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny", "Scheduler",
     "SchedulerPlugin", "Security", "SpecCluster", "Worker", "WorkerPlugin", "as_completed",
-    "fire_and_forget",
+    "fire_and_forget", "futures_of",
     "get_client", "get_worker", "wait", *_LAZY,
 ]  # fmt: skip

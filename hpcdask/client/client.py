@@ -18,24 +18,23 @@ from typing import Any
 from .. import config
 from ..comm import connect, normalize_address
 from ..protocol.serialize import Pickled
-from ..protocol.taskspec import FunctionCache, dumps_args, execute_graph_task
+from ..protocol.taskspec import FunctionCache, dumps_args
 from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
+from .collections import CollectionsMixin, current_client, drop_default, make_default
 from .data import DataMovement
 from .datasets import Datasets
 from .future import Future, FutureState
 from .operations import ClusterOperations
 from .structures import (
     _collect,
-    _identity,
     _workers_list,
 )
 
 logger = logging.getLogger("hpcdask.client")
 
-_default_client: Client | None = None
 GRAPH_CHUNK = 1000  # tasks per update-graph message
 
 _SUBMIT_OPTIONS = ("workers", "resources", "retries", "priority", "allow_other_workers",
@@ -43,9 +42,11 @@ _SUBMIT_OPTIONS = ("workers", "resources", "retries", "priority", "allow_other_w
 
 
 def default_client() -> Client:
-    if _default_client is None or _default_client.status != "running":
+    """The current client: of `Client.as_current()`, else the newest default still running."""
+    client = current_client()
+    if client is None:
         raise ValueError("No client is running: create one with Client(...)")
-    return _default_client
+    return client
 
 
 def _func_name(func: Any) -> str:
@@ -53,7 +54,7 @@ def _func_name(func: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-class Client(DataMovement, ClusterOperations, Datasets, SyncAsync):
+class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, SyncAsync):
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -119,8 +120,7 @@ class Client(DataMovement, ClusterOperations, Datasets, SyncAsync):
             self.loop = get_loop_thread().loop
             self._sync(self._start)
         if set_as_default:
-            global _default_client
-            _default_client = self
+            make_default(self)
 
     # ------------------------------------------------------------ sync/async plumbing
 
@@ -342,31 +342,6 @@ class Client(DataMovement, ClusterOperations, Datasets, SyncAsync):
             self._send_graph(tasks, funcs, [t[0] for t in tasks])
         return futures
 
-    def get(self, dsk: dict, keys: Any, *, sync: bool = True, **kwargs: Any) -> Any:
-        """Compute the given keys of a dask-style graph dict and return their values."""
-        opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
-        kwargs.pop("asynchronous", None)
-        kwargs.pop("direct", None)
-        if kwargs:
-            raise TypeError(f"get() got unexpected keyword arguments {sorted(kwargs)}")
-        funcs: dict = {}
-        tasks = []
-        for skey, value in graphs.graph_to_tasks(dsk):
-            if graphs.is_task(value):
-                task = self._make_task(execute_graph_task, (value,), {}, skey, False, opts, funcs)
-            else:
-                task = self._make_task(_identity, (value,), {}, skey, False, opts, funcs)
-            tasks.append(task)
-        wanted = list(dict.fromkeys(graphs.stringify(k) for k in graphs.flatten_keys(keys)))
-        missing = [k for k in wanted if k not in {t[0] for t in tasks}]
-        if missing:
-            raise KeyError(f"keys {missing} are not in the graph")
-        futures = [Future(k, self) for k in wanted]
-        self._send_graph(tasks, funcs, wanted)
-        if not sync:
-            return graphs.pack_results(keys, dict(zip(wanted, futures)))
-        return self._sync(self._get_results, keys, wanted, futures)
-
     async def _get_results(self, keys: Any, wanted: list, futures: list) -> Any:
         values = await self._gather(futures)
         return graphs.pack_results(keys, dict(zip(wanted, values)))
@@ -438,9 +413,7 @@ class Client(DataMovement, ClusterOperations, Datasets, SyncAsync):
             self._own_cluster if close_cluster is None else close_cluster
         ) and self.cluster is not None:
             await self.cluster._close()
-        global _default_client
-        if _default_client is self:
-            _default_client = None
+        drop_default(self)
 
     def __del__(self) -> None:
         if getattr(self, "status", None) == "running" and not self.asynchronous:

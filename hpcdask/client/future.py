@@ -132,6 +132,7 @@ class Future:
     """A remote result. `result()` waits for it; `await future` in async code."""
 
     __slots__ = ("key", "client", "_state", "__weakref__")
+    __dask_future__ = True  # dask's graphs refer to it by key (dask._task_spec)
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
         self.key = key
@@ -217,6 +218,9 @@ class Future:
             self.client._decref(self.key)
         except Exception:  # interpreter shutdown
             pass
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("hpcdask.Future", self.key)
 
     def __reduce__(self) -> tuple:
         raise TypeError(

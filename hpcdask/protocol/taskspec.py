@@ -18,6 +18,7 @@ import cloudpickle
 
 from . import device as _device
 from .serialize import Pickled
+from .templates import Template
 
 
 class KeyRef:
@@ -126,15 +127,24 @@ class FunctionCache:
             return hit[1], hit[2]
         try:
             pickled = Pickled.dumps(func)
+            if type(func) is Template:  # one per graph: named by content, never held here
+                return _content_id(func, pickled), pickled
         except Exception as e:
             raise TypeError(f"Could not serialize the function {func!r}: {e}") from e
-        digest = hashlib.blake2b(digest_size=12)
-        digest.update(pickled.data)
-        fid = f"{getattr(func, '__name__', type(func).__name__)}-{digest.hexdigest()}"
+        fid = _content_id(func, pickled)
         if len(self._by_id) > 10_000:
             self._by_id.clear()
         self._by_id[id(func)] = (func, fid, pickled)
         return fid, pickled
+
+
+def _content_id(func: Any, pickled: Pickled) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(pickled.data)
+    buffers = pickled.buffers or ()
+    for b in buffers[: len(buffers) - (pickled.ndevice or 0)]:  # out-of-band data counts too
+        digest.update(b)
+    return f"{getattr(func, '__name__', type(func).__name__)}-{digest.hexdigest()}"
 
 
 def execute_graph_task(task: Any) -> Any:

@@ -1,0 +1,349 @@
+"""dask collections on the cluster: the Client as dask's scheduler; get, compute, persist.
+
+While a Client is current, dask's config points `scheduler` at `CURRENT`, a callable that
+forwards to the current client (no strong reference to any client is held there, so a client
+that is dropped is still collected). dask's task-based shuffle and rechunk are chosen too: the
+P2P ones are dask.distributed's own. Closing the last current client puts back what dask's config
+held before. Nothing here imports dask until a graph or a client needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import graph as graphs
+from .future import Future
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client
+
+_SUBMIT_OPTIONS = (
+    "workers",
+    "resources",
+    "retries",
+    "priority",
+    "allow_other_workers",
+    "fifo_timeout",
+    "actor",
+    "actors",
+)
+_ANNOTATIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
+
+
+def dask_installed() -> bool:
+    global _HAS_DASK
+    if _HAS_DASK is None:
+        _HAS_DASK = importlib.util.find_spec("dask") is not None
+    return _HAS_DASK
+
+
+_HAS_DASK: bool | None = None
+
+# ------------------------------------------------------------------ which client is current
+
+_stack: list[weakref.ref] = []  # clients made default, most recent last
+_as_current: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "hpcdask_current_client", default=None
+)
+_saved_config: dict | None = None  # dask config values before the first client changed them
+
+
+def current_client() -> Client | None:
+    """The client of `as_current()`, else the most recent default client still running."""
+    c = _as_current.get()
+    if c is not None:
+        return c
+    for ref in reversed(_stack):
+        c = ref()
+        if c is not None and c.status == "running":
+            return c
+    return None
+
+
+class _CurrentScheduler:
+    """What dask's `scheduler` config holds while a client is current."""
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        return self._client().get(dsk, keys, **kwargs)
+
+    def persist(self, collections: Any, **kwargs: Any) -> Any:  # dask.persist looks for it
+        return self._client().persist(collections, **kwargs)
+
+    @staticmethod
+    def _client() -> Client:
+        c = current_client()
+        if c is None:
+            raise RuntimeError(
+                "dask's scheduler is set to hpcdask's current Client, but no Client is "
+                "running: create one with Client(...), or pass scheduler='threads'"
+            )
+        return c
+
+    def __repr__(self) -> str:
+        return "<hpcdask: the current Client>"
+
+
+CURRENT = _CurrentScheduler()
+
+
+def _our_config() -> dict:
+    return {
+        "scheduler": CURRENT,
+        "dataframe.shuffle.method": "tasks",
+        "array.rechunk.method": "tasks",
+    }
+
+
+def make_default(client: Client) -> None:
+    """`client` becomes the default for hpcdask's get_client and for dask's compute."""
+    global _saved_config
+    _stack[:] = [r for r in _stack if r() is not None and r() is not client]
+    _stack.append(weakref.ref(client))
+    if not dask_installed() or _saved_config is not None:
+        return
+    import dask
+
+    saved = {}
+    for key in _our_config():
+        saved[key] = dask.config.get(key, None)
+    # A shuffle or rechunk method the user chose stays theirs.
+    updates = {k: v for k, v in _our_config().items() if k == "scheduler" or saved[k] is None}
+    dask.config.set(updates)
+    _saved_config = {k: saved[k] for k in updates}
+
+
+def drop_default(client: Client) -> None:
+    global _saved_config
+    _stack[:] = [r for r in _stack if r() is not None and r() is not client]
+    if _stack or _saved_config is None:
+        return
+    import dask
+
+    ours = _our_config()
+    # Put back only what still holds our value: what the user set since stays.
+    restore = {}
+    for key, value in _saved_config.items():
+        now = dask.config.get(key, None)
+        if now is ours[key] or (key != "scheduler" and now == ours[key]):
+            restore[key] = value
+    dask.config.set(restore)
+    _saved_config = None
+
+
+# ------------------------------------------------------------------ the Client's methods
+
+
+class CollectionsMixin:
+    """`get`, `compute`, `persist` and `as_current` of the Client."""
+
+    @contextlib.contextmanager
+    def as_current(self: Client) -> Iterator[Client]:
+        """Within the block, dask computes on this client, as does `get_client()`."""
+        token = _as_current.set(self)
+        try:
+            if dask_installed():
+                import dask
+
+                with dask.config.set(scheduler=CURRENT):
+                    yield self
+            else:
+                yield self
+        finally:
+            _as_current.reset(token)
+
+    def get(self: Client, dsk: Any, keys: Any, *, sync: bool = True, **kwargs: Any) -> Any:
+        """Compute `keys` of a graph: a dask expression, a HighLevelGraph or a dict of
+        task-spec nodes or legacy tuples; `keys` may be nested in lists, and so is the result.
+        With `sync=False` the result holds Futures instead of values."""
+        opts = _pop_options(kwargs, "get")
+        if dask_installed() or hasattr(dsk, "__dask_graph__"):
+            outs = list(graphs.flatten_keys(keys))
+            futures = self._submit_graph(dsk, outs, opts)
+        else:
+            futures = self._submit_plain_graph(dsk, keys, opts)
+        wanted = list(futures)
+        if not sync:
+            return graphs.pack_results(keys, futures)
+        return self._sync(self._get_results, keys, wanted, [futures[k] for k in wanted])
+
+    def compute(
+        self: Client,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        traverse: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections; a Future per collection (values with sync=True).
+        Objects that are not collections are returned as they are."""
+        opts = _pop_options(kwargs, "compute")
+        single = not isinstance(collections, (list, tuple, set))
+        items = [collections] if single else list(collections)
+        from dask._expr import FinalizeCompute
+        from dask.base import collections_to_expr, is_dask_collection
+
+        positions = [i for i, c in enumerate(items) if is_dask_collection(c)]
+        out = list(items)
+        if positions:
+            expr = collections_to_expr([items[i] for i in positions], optimize_graph)
+            expr = FinalizeCompute(expr).optimize()
+            per = [next(iter(graphs.flatten_keys(k))) for k in expr.__dask_keys__()]
+            futures = self._submit_graph(expr, per, opts)
+            for i, key in zip(positions, per):
+                out[i] = futures[graphs.stringify(key)]
+        if sync:
+            out = self.gather(out)
+        return out[0] if single else out
+
+    def persist(self: Client, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
+        """The same collections, backed by Futures whose data stays on the workers."""
+        opts = _pop_options(kwargs, "persist")
+        single = not isinstance(collections, (list, tuple, set))
+        items = [collections] if single else list(collections)
+        from dask.base import collections_to_expr, is_dask_collection
+
+        positions = [i for i, c in enumerate(items) if is_dask_collection(c)]
+        out = list(items)
+        if positions:
+            colls = [items[i] for i in positions]
+            expr = collections_to_expr(colls, optimize_graph).optimize()
+            per = expr.__dask_keys__()
+            flat = [k for ks in per for k in graphs.flatten_keys(ks)]
+            futures = self._submit_graph(expr, flat, opts)
+            exprs = list(getattr(expr, "operands", [expr]))
+            for i, c, ks, e in zip(positions, colls, per, exprs):
+                out[i] = _rebuild(c, e, ks, futures)
+        return out[0] if single else out
+
+    def futures_of(self: Client, obj: Any) -> list[Future]:
+        """The Futures of this client inside `obj` (see `hpcdask.futures_of`)."""
+        return [f for f in futures_of(obj) if f.client is self]
+
+    # ---------------------------------------------------------------- graphs to tasks
+
+    def _submit_graph(self: Client, dsk: Any, outs: list, opts: dict) -> dict[str, Future]:
+        """Send what the outputs need and is not on the cluster yet; Futures for the outputs."""
+        from . import taskgraph
+
+        graph, annotations = taskgraph.materialize(dsk)
+        order, missing = taskgraph.dependency_order(graph, outs)
+        known = self._states
+        unknown = [k for k in missing if graphs.stringify(k) not in known]
+        if unknown:
+            raise KeyError(
+                f"keys {unknown[:5]} are not in the graph, nor futures of this client: "
+                "compute keys the graph defines, or pass the Futures themselves"
+            )
+        run = [
+            k
+            for k in order
+            if graphs.stringify(k) not in known and not taskgraph.is_self_alias(graph[k])
+        ]
+        lost = [
+            k
+            for k in order
+            if taskgraph.is_self_alias(graph[k]) and graphs.stringify(k) not in known
+        ]
+        if lost:
+            raise KeyError(f"the graph refers to persisted keys {lost[:5]} that were released")
+        opts, per_key = _annotations(annotations, opts)
+        wanted = list(dict.fromkeys(graphs.stringify(k) for k in outs))
+        new = [k for k in wanted if k not in known]
+        futures = {k: Future(k, self) for k in wanted}
+        funcs: dict = {}
+        tasks = []
+        for (skey, template, operands), k in zip(taskgraph.split(run, graph), run):
+            o = per_key.get(k, opts)
+            tasks.append(self._make_task(template, operands, {}, skey, False, o, funcs))
+        if tasks:
+            self._send_graph(tasks, funcs, new)
+        return futures
+
+    def _submit_plain_graph(self: Client, dsk: dict, keys: Any, opts: dict) -> dict[str, Future]:
+        """Legacy dict graphs without dask installed: tuples `(func, *args)` are tasks."""
+        from ..protocol.taskspec import execute_graph_task
+        from .structures import _identity
+
+        funcs: dict = {}
+        tasks = []
+        for skey, value in graphs.graph_to_tasks(dsk):
+            if graphs.is_task(value):
+                task = self._make_task(execute_graph_task, (value,), {}, skey, False, opts, funcs)
+            else:
+                task = self._make_task(_identity, (value,), {}, skey, False, opts, funcs)
+            tasks.append(task)
+        wanted = list(dict.fromkeys(graphs.stringify(k) for k in graphs.flatten_keys(keys)))
+        missing = [k for k in wanted if k not in {t[0] for t in tasks}]
+        if missing:
+            raise KeyError(f"keys {missing} are not in the graph")
+        futures = {k: Future(k, self) for k in wanted}
+        self._send_graph(tasks, funcs, wanted)
+        return futures
+
+
+def _pop_options(kwargs: dict, what: str) -> dict:
+    opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+    for ignored in ("asynchronous", "direct", "fifo_timeout"):
+        kwargs.pop(ignored, None)
+    if kwargs:
+        raise TypeError(f"{what}() got unexpected keyword arguments {sorted(kwargs)}")
+    unsupported = [k for k in ("actor", "actors") if opts.get(k)]
+    if unsupported:
+        raise NotImplementedError(f"{what}(): {unsupported[0]}= is not supported yet")
+    return opts
+
+
+def _annotations(annotations: dict, opts: dict) -> tuple[dict, dict]:
+    """Options for every task and per key, from `dask.annotate` around the graph's creation
+    or around this call; explicit keyword arguments win over both."""
+    import dask
+
+    base = {k: v for k, v in dask.get_annotations().items() if k in _ANNOTATIONS}
+    base.update(opts)
+    per_key: dict = {}
+    for name, values in annotations.items():
+        if name not in _ANNOTATIONS or name in opts:
+            continue
+        for key, value in values.items():
+            per_key.setdefault(key, dict(base))[name] = value
+    return base, per_key
+
+
+def _rebuild(coll: Any, expr: Any, keys: Any, futures: dict) -> Any:
+    from dask._expr import CompositeExpr
+
+    flat = list(graphs.flatten_keys(keys))
+    data = {k: futures[graphs.stringify(k)] for k in flat}
+    if isinstance(expr, CompositeExpr):
+        from dask.base import _rebuild_composite_collection
+
+        return _rebuild_composite_collection(coll, expr, data, cull_to_child_keys=True)
+    rebuild, state = coll.__dask_postpersist__()
+    return rebuild(data, *state)
+
+
+def futures_of(obj: Any) -> list[Future]:
+    """The Futures inside `obj`: Futures, lists/tuples/sets/dicts of them, persisted collections."""
+    out: dict[str, Future] = {}
+    stack = [obj]
+    seen: set[int] = set()
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            out.setdefault(x.key, x)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif hasattr(x, "__dask_graph__") and id(x) not in seen:
+            seen.add(id(x))
+            g = x.__dask_graph__()
+            if g is not None:
+                for v in g.values():
+                    stack.append(getattr(v, "value", v))
+    return list(out.values())
