@@ -44,9 +44,10 @@ def test_gadi_example_from_the_issue_line_by_line():
 
 
 def test_gadi_profile_gives_the_same_shape():
-    text = js.job_script("pbs", site="gadi", project="vp91", cores=48, memory="192GB")
+    text = js.job_script("pbs", site="gadi", account="vp91", cores=48, memory="192GB")
     lines = text.splitlines()
-    for expected in ["#PBS -q normal", "#PBS -P vp91", "#PBS -l ncpus=48", "#PBS -l mem=192GB",
+    # dask-jobqueue's rounding: 192e9 bytes are 178.8 GiB, and PBS's GB is a GiB
+    for expected in ["#PBS -q normal", "#PBS -P vp91", "#PBS -l ncpus=48", "#PBS -l mem=179GB",
                      "#PBS -l jobfs=100GB", "#PBS -l storage=scratch/vp91+gdata/vp91"]:  # fmt: skip
         assert expected in lines
     assert (
@@ -75,7 +76,7 @@ def test_slurm_header_and_worker_line():
         "#SBATCH --qos=high",
         "#SBATCH --constraint=cpu",
         "#SBATCH --cpus-per-task=8",
-        "#SBATCH --mem=15258M",
+        "#SBATCH --mem=15259M",
         "#SBATCH -t 24:00:00",
     ]:
         assert expected in lines
@@ -154,7 +155,11 @@ def test_processes_memory_and_errors():
     assert [js.default_processes(n) for n in (1, 4, 6, 32, 48, 128)] == [1, 4, 3, 8, 8, 16]
     assert js.format_size(24 * 10**9) == "24GB" and js.format_size(2**31) == "2GiB"
     assert js.job_mem("slurm", "16GiB", 16 * 2**30) == "16G"
-    assert js.job_mem("pbs", "192 GB", 192 * 10**9) == "192GB"
+    assert js.job_mem("pbs", "192 GB", 192 * 10**9) == "179GB"  # as dask-jobqueue
+    assert js.job_mem("pbs", "28GB", 28 * 10**9) == "27GB"
+    assert js.job_mem("pbs", "2GB", 2 * 10**9) == "1908MB"
+    assert js.job_mem("pbs", "1MB", 10**6) == "977kB" and js.job_mem("pbs", "", 5) == "5B"
+    assert js.job_mem("slurm", "16GB", 16 * 10**9) == "15259M"  # whole MiB, rounded up
     with pytest.raises(ValueError, match="cores= is required"):
         js.job_script("slurm", memory="1GB")
     with pytest.raises(ValueError, match="memory= is required"):

@@ -18,7 +18,7 @@ from hpcdask.jobqueue._testing import clean_config_fixture  # noqa: F401 - the "
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("home")]
 
 SHIPPED = sorted(p.stem for p in PACKAGED.glob("*.yaml"))
-REQUIRED = {"gadi": {"project": "ab12"}, "perlmutter": {"account": "m1234"}}
+REQUIRED = {"gadi": {"account": "ab12"}, "perlmutter": {"account": "m1234"}}
 
 
 def test_the_required_sites_ship():
@@ -98,7 +98,7 @@ def test_cli_sites(cli):
 
 
 def test_cli_job_script(cli):
-    out = cli("job-script", "--system", "pbs", "--site", "gadi", "--project", "vp91",
+    out = cli("job-script", "--system", "pbs", "--site", "gadi", "--account", "vp91",
               "--prologue", "module load python3", "-o", "worker_extra_args=[--foo]")  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "#PBS -P vp91" in out.output and "module load python3" in out.output
@@ -144,7 +144,7 @@ def test_gadi_cluster_script_has_address_and_secret_file_not_the_secret(home):
 
     from hpcdask.jobqueue import PBSCluster
 
-    with PBSCluster(site="gadi", project="vp91", cores=48, memory="192GB",
+    with PBSCluster(site="gadi", account="vp91", cores=48, memory="192GB",
                     scheduler_options={"interface": "lo"}) as cluster:  # fmt: skip
         text = cluster.job_script()
         assert f"-m hpcdask worker {cluster.scheduler_address} " in text

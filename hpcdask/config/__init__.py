@@ -22,7 +22,7 @@ from ._schema import ConfigError, Typed, load_file, normalize, parse_scalar, val
 from ._sites import find_site, list_sites, load_site
 
 __all__ = ["ConfigError", "get", "set", "refresh", "collect", "sources", "find_site",
-           "list_sites", "load_site", "defaults", "SYSTEMS", "config_paths"]  # fmt: skip
+           "list_sites", "load_site", "defaults", "SYSTEMS", "config_paths", "dask_layer"]  # fmt: skip
 
 _DEFAULTS_FILE = Path(__file__).with_name("hpcdask.yaml")
 _ENV_PREFIX = "HPCDASK_"
@@ -180,8 +180,27 @@ def _env_layers() -> list[tuple[str, dict]]:
     return layers
 
 
-def sources(site: str | None = None) -> list[tuple[str, dict]]:
-    """Every layer as (where it came from, validated data), lowest precedence first."""
+def dask_layer(system: str, section: str | None = None) -> tuple[str, dict] | None:
+    """dask's `jobqueue.<section>` (default: the system's) as a layer for *system*, or None.
+
+    This is how dask-jobqueue's configuration (~/.config/dask/jobqueue.yaml, `DASK_*`,
+    `dask.config.set`) reaches a cluster; read only when asked, and only if dask is installed.
+    """
+    from . import _dask
+
+    data = _dask.jobqueue_section(section or system)
+    if data is None:
+        return None
+    source = f"dask config jobqueue.{section or system}"
+    return source, read_layer({"jobqueue": {system: data}}, source)
+
+
+def sources(site: str | None = None, dask: tuple[str, str | None] | None = None
+            ) -> list[tuple[str, dict]]:  # fmt: skip
+    """Every layer as (where it came from, validated data), lowest precedence first.
+
+    *dask* = (system, config_name) adds dask's jobqueue section for that system just above the
+    site profile and below hpcdask's own files."""
     with _lock:
         user = _file_layers() + _env_layers()
         if site is None:
@@ -194,6 +213,10 @@ def sources(site: str | None = None) -> list[tuple[str, dict]]:
         if site:
             path = find_site(site, _site_dirs(user))
             layers.append((str(path), read_layer(load_site(path)["config"], str(path))))
+        if dask is not None:
+            layer = dask_layer(*dask)
+            if layer is not None:
+                layers.append(layer)
         return layers + user + [("config.set()", o) for o in _overrides]
 
 
@@ -206,10 +229,11 @@ def _site_dirs(user: list[tuple[str, dict]]) -> list[str]:
     return []
 
 
-def collect(site: str | None = None) -> dict:
-    """The merged configuration, re-reading the environment (and a given site profile)."""
+def collect(site: str | None = None, dask: tuple[str, str | None] | None = None) -> dict:
+    """The merged configuration, re-reading the environment (and a given site profile, and
+    dask's jobqueue section for *dask* = (system, config_name))."""
     out: dict = {}
-    for _, layer in sources(site):
+    for _, layer in sources(site, dask):
         out = _merge(out, layer)
     return out
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,25 +94,48 @@ class JobQueueCluster(Cluster):
     def __init__(self, n_workers: int = 0, *, site: str | None = None,
                  template_dir: str | None = None, security: Any = None,
                  asynchronous: bool = False, config_name: str | None = None,
-                 **options: Any) -> None:  # fmt: skip
-        self._opts = script.options(self.system, site=site, template_dir=template_dir, **options)
+                 loop: Any = None, silence_logs: Any = None, dashboard_address: Any = None,
+                 host: Any = None, scheduler_cls: Any = None, **options: Any) -> None:  # fmt: skip
+        _check_cluster_keywords(type(self).__name__, dashboard_address, host, scheduler_cls)
+        self._opts = script.options(self.system, site=site, template_dir=template_dir,
+                                    config_name=config_name, **options)  # fmt: skip
+        if self._opts.get("protocol"):  # dask-jobqueue spells it "tls://"
+            self._opts["protocol"] = str(self._opts["protocol"]).split("://")[0]
+        if security is True or getattr(security, "has_tls", False):
+            self._opts["protocol"] = self._opts.get("protocol") or "tls"  # as dask-jobqueue
         self._ctx = script.context(self.system, self._opts)  # fails early on missing cores/memory
+        self._tls_files: list[Path] = []
+        security, self._worker_security = self._security(security)
+        self._ctx["tls_args"] = script.tls_args(self._worker_security)
         sched = dict(self._opts.get("scheduler_options") or {})
         if not {"interface", "host"} & set(sched) and self._opts.get("interface"):
             sched["interface"] = self._opts["interface"]  # scheduler_options may pick another
         if "protocol" not in sched and self._opts.get("protocol"):
             sched["protocol"] = self._opts["protocol"]
+        if silence_logs:
+            _silence(silence_logs)
+        log_directory = self._opts.get("log_directory")
+        if log_directory:  # the batch system does not create it, and the job then dies unseen
+            self._opts["log_directory"] = os.path.expanduser(log_directory)
+            os.makedirs(self._opts["log_directory"], exist_ok=True)
+            self._ctx["log_directory"] = self._opts["log_directory"]
         super().__init__(asynchronous=asynchronous, security=security, scheduler_options=sched)
         self.processes: int = self._ctx["processes"]
-        self.batch = self.batch_class(self._opts.get("submit_command_extra"))
+        self.batch = self._make_batch()
         self.jobs: dict[str, Job] = {}
         self._n_workers = n_workers
         self._submit_dir = os.getcwd()
         self._secret_path: Path | None = None
         self._script = ""
         self._poller: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._backoff = False
+        self._waiting = 0  # wait_for_workers calls in progress: no backing off meanwhile
         self._failed_in_a_row = 0
         self._begin()
+
+    def _make_batch(self) -> BatchSystem:
+        return self.batch_class(self._opts.get("submit_command_extra"))
 
     # ------------------------------------------------------------ scripts and secrets
 
@@ -120,6 +144,57 @@ class JobQueueCluster(Cluster):
         if self._script:
             return self._script
         return script.render(self.system, self._ctx)
+
+    def _security(self, security: Any) -> tuple[Any, Any]:
+        """(the scheduler's Security, the one whose files the workers' --tls-* flags name).
+
+        `security=True` makes temporary credentials, as dask-jobqueue does; the workers get
+        them as 0600 files in `shared_temp_directory` (default: the current directory, with
+        dask-jobqueue's warning), removed when the cluster closes."""
+        if security is None or security is False:
+            return None, None
+        if security is not True:
+            from ..security import Security
+
+            if not isinstance(security, Security):
+                raise TypeError(
+                    f"security= takes hpcdask.Security or True, not {type(security).__name__}"
+                )
+            return security, security
+        from ..security import Security
+
+        security = Security.temporary()
+        folder = self._opts.get("shared_temp_directory")
+        if folder is None:
+            folder = os.getcwd()
+            warnings.warn(
+                "Using a temporary security object without explicitly setting a "
+                f"shared_temp_directory: writing temp files to current working directory "
+                f"({folder}) instead. You can set this value by using dask for e.g. "
+                "`dask.config.set({'jobqueue.pbs.shared_temp_directory': '~'})` or in "
+                "~/.config/dask/jobqueue.yaml (or hpcdask's jobqueue.<system>.shared-temp-directory)",
+                UserWarning,
+                stacklevel=script._user_stacklevel(),
+            )
+        folder = os.path.expanduser(os.path.expandvars(folder))
+        tag = uuid.uuid4().hex[:12]
+        paths = {}
+        for part in ("ca", "cert", "key"):
+            path = Path(folder) / f".hpcdask-jobqueue.worker.{part}.{tag}.pem"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as e:
+                raise OSError(
+                    f"cannot write the temporary TLS credentials to shared_temp_directory "
+                    f"{folder}: {e.strerror}"
+                ) from None
+            with os.fdopen(fd, "wb") as f:
+                f.write(security._tls_memory[part])
+            self._tls_files.append(path)
+            paths[part] = str(path)
+        worker = Security(tls_ca_file=paths["ca"], tls_worker_cert=paths["cert"],
+                          tls_worker_key=paths["key"])  # fmt: skip
+        return security, worker
 
     def _write_secret(self) -> Path:
         from ..security import secrets_dir
@@ -134,14 +209,13 @@ class JobQueueCluster(Cluster):
 
     async def _post_start(self) -> None:
         self._secret_path = self._write_secret()
-        ctx = script.context(
-            self.system, self._opts, self.scheduler_address, str(self._secret_path)
-        )
+        ctx = script.context(self.system, self._opts, self.scheduler_address,
+                             str(self._secret_path), self._worker_security)  # fmt: skip
         self._script = script.render(self.system, ctx)
         self._poller = asyncio.ensure_future(self._poll_loop())
         # jobs must not outlive a script that forgot close(): cancel them at exit
         weakref.finalize(self, _cancel_leftovers, list(self.batch.cancel_command), self.jobs,
-                         self._secret_path)  # fmt: skip
+                         [self._secret_path, *self._tls_files])  # fmt: skip
         if self._n_workers:
             await self._scale(self._n_workers)
 
@@ -166,14 +240,30 @@ class JobQueueCluster(Cluster):
         self._failed_in_a_row = 0  # an explicit request tries again after failures
         return super().scale(n)
 
-    def adapt(self, minimum: int = 0, maximum: float = math.inf, minimum_jobs: int | None = None,
-              maximum_jobs: int | None = None, **kwargs: Any) -> Any:  # fmt: skip
-        """Adapt between `minimum`/`maximum` workers (or `minimum_jobs`/`maximum_jobs` jobs)."""
+    def adapt(self, minimum: int | None = None, maximum: float | None = None,
+              minimum_jobs: int | None = None, maximum_jobs: int | None = None,
+              minimum_cores: int | None = None, maximum_cores: int | None = None,
+              minimum_memory: Any = None, maximum_memory: Any = None,
+              **kwargs: Any) -> Any:  # fmt: skip
+        """Adapt between `minimum`/`maximum` workers, or bounds in jobs, cores or memory (as
+        dask's: a lower bound in cores or memory rounds up to whole workers, an upper one down)."""
+        per_cores = self._ctx["nthreads"]
+        per_memory = parse_bytes(self._ctx["memory_limit"])
+        low = [minimum or 0]
+        high = [math.inf if maximum is None else maximum]
         if minimum_jobs is not None:
-            minimum = minimum_jobs * self.processes
+            low.append(minimum_jobs * self.processes)
         if maximum_jobs is not None:
-            maximum = maximum_jobs * self.processes
-        return super().adapt(minimum=minimum, maximum=maximum, **kwargs)
+            high.append(maximum_jobs * self.processes)
+        if minimum_cores is not None:
+            low.append(math.ceil(minimum_cores / per_cores))
+        if maximum_cores is not None:
+            high.append(math.floor(maximum_cores / per_cores))
+        if minimum_memory is not None:
+            low.append(math.ceil(parse_bytes(minimum_memory) / per_memory))
+        if maximum_memory is not None:
+            high.append(math.floor(parse_bytes(maximum_memory) / per_memory))
+        return super().adapt(minimum=max(low), maximum=min(high), **kwargs)
 
     def _active(self) -> list[Job]:
         return [j for j in self.jobs.values()
@@ -189,14 +279,11 @@ class JobQueueCluster(Cluster):
 
     def _cheapest(self, jobs: list[Job]) -> list[Job]:
         """Jobs to stop first: not yet running (newest first), then the least busy running ones."""
-        state, addr = self.scheduler.state, self._addresses()
-
-        def cost(job: Job) -> tuple:
-            ws = [state.workers[addr[n]] for n in job.names if addr.get(n) in state.workers]
-            busy = (sum(len(w.processing) for w in ws), sum(w.nbytes for w in ws))
-            return (job.state == RUNNING, *busy, -job.submitted)
-
-        return sorted(jobs, key=cost)
+        addr = self._addresses()
+        newest_first = sorted(jobs, key=lambda job: -job.submitted)  # the order among equals
+        groups = {job.id: [addr[n] for n in job.names if n in addr] for job in newest_first}
+        rank = {jid: i for i, jid in enumerate(self.scheduler.state.retirement_order(groups))}
+        return sorted(jobs, key=lambda job: (job.state == RUNNING, rank[job.id]))
 
     async def _start_workers(self, n: int) -> None:
         await self._submit(math.ceil(n / self.processes))
@@ -218,6 +305,7 @@ class JobQueueCluster(Cluster):
         for job_id in results:
             if isinstance(job_id, str):
                 self._add_job(job_id)
+        self._poke()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -240,7 +328,7 @@ class JobQueueCluster(Cluster):
             addr[n] for j in jobs for n in j.names if addr.get(n) in self.scheduler.state.workers
         ]
         if leaving and self.status == "running":
-            await self.scheduler._retire(leaving, close=False)
+            await self.scheduler.retire_workers(leaving, close=False)
         for job in jobs:
             job.cancelled = True
             for name in job.names:
@@ -254,8 +342,38 @@ class JobQueueCluster(Cluster):
         info = self.scheduler.worker_info if self.scheduler is not None else {}
         return {w.get("name"): a for a, w in info.items() if w.get("name") is not None}
 
+    def _job_of(self, name: Any) -> Job | None:
+        """The job a worker belongs to, from the job id its name ends with (`NAME-ID` or
+        `NAME-ID-i`); works when NAME had shell variables the job expanded ($SLURM_JOB_ID...)."""
+        text = str(name)
+        head, sep, index = text.rpartition("-")
+        candidates = [head, text] if self.processes > 1 and sep and index.isdigit() else [text]
+        for candidate in candidates:
+            parts = candidate.split("-")
+            for k in range(len(parts) - 1, 0, -1):  # the shortest suffix first
+                job = self.jobs.get("-".join(parts[k:]))
+                if job is not None:
+                    return job
+        return None
+
+    def _adopt(self, addr: dict[str, str]) -> None:
+        """Give the slots of a job the names its workers really have (see `_job_of`)."""
+        for name in addr:
+            if name in self.workers:
+                continue
+            job = self._job_of(name)
+            if job is None:
+                continue
+            for i, expected in enumerate(job.names):
+                if expected not in addr and expected in self.workers:
+                    self.workers[name] = self.workers.pop(expected)
+                    job.names[i] = name
+                    break
+
     def _match_workers(self) -> None:
         addr = self._addresses()
+        if any(name not in self.workers for name in addr):
+            self._adopt(addr)
         for name, slot in self.workers.items():
             slot.address = addr.get(name)
         for job in self.jobs.values():
@@ -264,16 +382,39 @@ class JobQueueCluster(Cluster):
                 job.connected |= new
                 self._failed_in_a_row = 0
 
+    def _snapshot(self) -> tuple:
+        return tuple((j.id, j.state, len(j.connected)) for j in self.jobs.values())
+
+    def _poke(self) -> None:
+        """Poll soon, at the base interval (new jobs, or someone waiting for workers)."""
+        self._backoff = False
+        if self._wake is not None:
+            self._wake.set()
+
     async def _poll_loop(self) -> None:
-        interval = float(self._opts.get("poll_interval") or 1.0)
+        """One batched status call per interval; the interval doubles (up to poll_interval_max)
+        while nothing changes, since many sites limit how often users may call squeue/qstat."""
+        base = float(self._opts.get("poll_interval") or 3.0)
+        top = max(base, float(self._opts.get("poll_interval_max") or base))
+        interval = base
+        self._wake = asyncio.Event()
         while self.status == "running":
+            before = self._snapshot()
+            self._wake.clear()
+            self._backoff = True
             try:
                 await self._poll()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a flaky squeue must not stop tracking
                 logger.warning("%s: could not poll the batch system: %s", self.name, e)
-            await asyncio.sleep(interval)
+            changed = self._snapshot() != before
+            calm = self._backoff and not changed and not self._waiting
+            interval = min(top, interval * 2) if calm else base
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
 
     async def _poll(self) -> None:
         self._match_workers()
@@ -356,6 +497,14 @@ class JobQueueCluster(Cluster):
         ]
 
     async def _wait_for_workers(self, n: int, timeout: float | None = None) -> None:
+        self._waiting += 1
+        self._poke()
+        try:
+            await self._wait_for(n, timeout)
+        finally:
+            self._waiting -= 1
+
+    async def _wait_for(self, n: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self.scheduler.state.workers) < n:
             bad = self._hopeless_jobs(n)
@@ -420,12 +569,55 @@ class JobQueueCluster(Cluster):
             logger.warning("%s: could not cancel jobs: %s", self.name, e)
         self.workers.clear()
         await super()._close()
-        if self._secret_path is not None:
-            self._secret_path.unlink(missing_ok=True)
+        for path in [self._secret_path, *self._tls_files]:
+            if path is not None:
+                path.unlink(missing_ok=True)
 
 
-def _cancel_leftovers(cancel_command: list[str], jobs: dict[str, Job], secret: Path) -> None:
-    secret.unlink(missing_ok=True)
+def _check_cluster_keywords(
+    cls: str, dashboard_address: Any, host: Any, scheduler_cls: Any
+) -> None:
+    """dask-jobqueue's cluster keywords that belong elsewhere, with its advice."""
+    if dashboard_address is not None:
+        raise ValueError(
+            "Please pass 'dashboard_address' through 'scheduler_options': use\n"
+            f'cluster = {cls}(..., scheduler_options={{"dashboard_address": ":12345"}}) rather '
+            f'than\ncluster = {cls}(..., dashboard_address="12435")'
+        )
+    if host is not None:
+        raise ValueError(
+            "Please pass 'host' through 'scheduler_options': use\n"
+            f'cluster = {cls}(..., scheduler_options={{"host": "your-host"}}) rather than\n'
+            f'cluster = {cls}(..., host="your-host")'
+        )
+    if scheduler_cls is not None:
+        from ..scheduler import Scheduler
+
+        name = (
+            getattr(scheduler_cls, "__module__", "") + "." + getattr(scheduler_cls, "__name__", "")
+        )
+        if scheduler_cls is not Scheduler and not name.startswith("distributed."):
+            raise ValueError(
+                f"scheduler_cls={scheduler_cls!r} is not supported: the cluster runs hpcdask's "
+                "Scheduler (pass its options through scheduler_options)"
+            )
+
+
+def _silence(level: Any) -> None:
+    """dask-jobqueue's silence_logs: the level below which the in-process scheduler is quiet."""
+    if level is True:
+        level = "error"
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"silence_logs={level!r}: give a level such as 'error' or 'warning'")
+    logging.getLogger("hpcdask.scheduler").setLevel(level)
+
+
+def _cancel_leftovers(cancel_command: list[str], jobs: dict[str, Job], files: list) -> None:
+    for path in files:
+        if path is not None:
+            path.unlink(missing_ok=True)
     ids = [j.id for j in jobs.values() if j.state not in ENDED and not j.cancelled]
     if ids:
         try:

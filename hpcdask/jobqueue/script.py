@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,18 @@ def format_size(n: int) -> str:
 
 
 def job_mem(system: str, memory: str, nbytes: int) -> str:
-    """The batch system's spelling of the job's memory."""
-    if system == "pbs":  # PBS sizes are binary: kb/mb/gb = KiB/MiB/GiB, and "GiB" is not accepted
-        m = re.fullmatch(r"\s*(\d+)\s*([kmgtKMGT])i?[bB]\s*", memory)
-        return f"{m.group(1)}{m.group(2).upper()}B" if m else f"{nbytes // 2**20}mb"
-    mib = nbytes // 2**20
+    """The batch system's spelling of the job's memory, rounded up.
+
+    Both read K/M/G as binary units. PBS gets dask-jobqueue's spelling (whole GB from 10 GiB,
+    MB from 10 MiB), so a switched script asks for the same amount; SLURM gets whole MiB, which
+    never asks for more than dask-jobqueue's whole GiB and is closer to *memory*.
+    """
+    if system == "pbs":
+        for unit, size in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+            if nbytes >= 10 * size:
+                return f"{-(-nbytes // size)}{unit}"
+        return f"{nbytes}B"
+    mib = -(-nbytes // 2**20)
     return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
 
 
@@ -104,8 +112,36 @@ def environment(template_dir: str | None = None) -> jinja2.Environment:
     return env
 
 
-def options(system: str, site: str | None = None, **kwargs: Any) -> dict:
-    """Config for *system* (with *site*) overridden by keywords (None = keep the config value)."""
+#: dask-jobqueue's old option names and their new ones (it still accepts them, with a warning).
+RENAMED = {"env_extra": "job_script_prologue", "extra": "worker_extra_args",
+           "job_extra": "job_extra_directives", "header_skip": "job_directives_skip"}  # fmt: skip
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside hpcdask, so a warning points at the user's line."""
+    frame, level = sys._getframe(1), 1
+    package = str(Path(__file__).resolve().parent.parent)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _renamed(old: str, new: str, why: str = "") -> None:
+    warnings.warn(
+        f"{old} has been renamed to {new}{why}. You are still using it (even if only set to [];"
+        f" please also check config files). If you did not set {new} yet, {old} will be "
+        f"respected for now, but it will be removed in a future release. If you already set "
+        f"{new}, {old} is ignored and you can remove it.",
+        FutureWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
+def options(system: str, site: str | None = None, config_name: str | None = None,
+            **kwargs: Any) -> dict:  # fmt: skip
+    """Config for *system* (with *site*, and dask's `jobqueue.<config_name or system>`)
+    overridden by keywords (None = keep the config value), with dask-jobqueue's old names
+    resolved to the new ones."""
     if site is not None:
         meta = config.load_site(config.find_site(site, config.get("jobqueue.site-dirs") or []))
         if meta["system"] != system:
@@ -113,19 +149,44 @@ def options(system: str, site: str | None = None, **kwargs: Any) -> dict:
                 f"site {site!r} is a {meta['system']} site, not {system}: "
                 f"use {meta['system'].upper()}Cluster or --system {meta['system']}"
             )
-    merged = config.collect(site=site)["jobqueue"]
-    if system not in merged or system == "common":
+    if system not in config.SYSTEMS:
         raise ValueError(f"unknown batch system {system!r}; known: {', '.join(config.SYSTEMS)}")
+    if config_name not in (None, system) and config.dask_layer(system, config_name) is None:
+        raise ValueError(
+            f"config_name={config_name!r}: there is no section jobqueue.{config_name} in dask's "
+            "configuration (~/.config/dask/*.yaml, DASK_* variables, dask.config.set)"
+            + ("" if _dask_installed() else "; dask is not installed here")
+            + ". For hpcdask's own profiles use site= (see `hpcdask sites`)"
+        )
+    merged = config.collect(site=site, dask=(system, config_name))["jobqueue"]
     opts = {k.replace("-", "_"): v for k, v in merged[system].items()}
     unknown = sorted(set(kwargs) - set(opts) - _NOT_OPTIONS)
     if unknown:
         raise TypeError(f"unexpected option(s) for {system}: {', '.join(unknown)} (known: "
-                        f"{', '.join(sorted(opts))})")  # fmt: skip
+                        f"{', '.join(sorted(set(opts) - set(RENAMED)))})")  # fmt: skip
     for k, v in kwargs.items():
         if v is not None and k in opts:
             opts[k] = list(v) if isinstance(v, tuple) else v
+    for old, new in RENAMED.items():
+        value = opts.pop(old, None)
+        if value is not None:
+            _renamed(old, new)
+            if not opts.get(new):
+                opts[new] = list(value) if isinstance(value, (list, tuple)) else [value]
+    if system == "pbs" and not opts.get("account"):
+        opts["account"] = os.environ.get("PBS_ACCOUNT") or None
+    if system in ("slurm", "pbs") and opts.get("project") is not None:
+        _renamed("project", "account", " as it is passed with -A")
+        opts["account"] = opts.get("account") or opts["project"]
+        opts["project"] = None
     opts["template_dir"] = kwargs.get("template_dir") or merged.get("template-dir")
     return opts
+
+
+def _dask_installed() -> bool:
+    from hpcdask.config import _dask
+
+    return _dask.available()
 
 
 def lifetime_for(walltime_s: int | None, opts: dict) -> tuple[int | None, int, int]:
@@ -145,8 +206,35 @@ def lifetime_for(walltime_s: int | None, opts: dict) -> tuple[int | None, int, i
     return max(1, walltime_s - margin), stagger, margin
 
 
+def worker_command(value: Any) -> tuple[str, bool]:
+    """(what follows `python -m`, whether it is hpcdask's own worker, which takes --nworkers
+    and --nanny). dask-jobqueue's default, distributed's worker, means ours here."""
+    from hpcdask.config._dask import DASK_WORKER_COMMANDS
+
+    text = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value or "")
+    text = text.strip()
+    if not text or text in DASK_WORKER_COMMANDS or text in ("hpcdask worker", "hpcdask"):
+        return "hpcdask worker", True
+    return text, False
+
+
+def tls_args(security: Any) -> list[str]:
+    """The worker's `--tls-*` flags for a Security holding certificate files (worker role,
+    falling back as the TLS layer does); empty without TLS files."""
+    if security is None or not getattr(security, "tls_ca_file", None):
+        return []
+    args = ["--tls-ca-file", security.tls_ca_file]
+    for role in ("worker", "scheduler", "client"):
+        cert = getattr(security, f"tls_{role}_cert", None)
+        if cert:
+            args += ["--tls-cert", cert]
+            key = getattr(security, f"tls_{role}_key", None)
+            return args + (["--tls-key", key] if key else [])
+    return args
+
+
 def context(system: str, opts: dict, scheduler_address: str | None = None,
-            secret_file: str | None = None) -> dict:  # fmt: skip
+            secret_file: str | None = None, security: Any = None) -> dict:  # fmt: skip
     """Template variables: the options plus what follows from them (threads, memory, lifetime)."""
     cores, memory = opts.get("cores"), opts.get("memory")
     if not cores or cores < 1:
@@ -174,7 +262,9 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
         lifetime=lifetime, lifetime_stagger=stagger, lifetime_margin=margin,
         scheduler_address=scheduler_address or PLACEHOLDER_ADDRESS, secret_file=secret_file,
         worker_name=f"{opts['name']}-{JOB_ID_VARS.get(system, '$$')}",
+        tls_args=tls_args(security),
     )  # fmt: skip
+    ctx["worker_command"], ctx["hpcdask_worker"] = worker_command(opts.get("worker_command"))
     if system == "slurm" and ctx.get("resource_spec"):
         raise ValueError(
             "SLURM has no resource_spec: use job_extra_directives, e.g. ['--gres=gpu:1']"
@@ -204,7 +294,8 @@ def render(system: str, ctx: dict) -> str:
 
 
 def job_script(system: str, site: str | None = None, scheduler_address: str | None = None,
-               secret_file: str | None = None, **kwargs: Any) -> str:  # fmt: skip
+               secret_file: str | None = None, security: Any = None,
+               **kwargs: Any) -> str:  # fmt: skip
     """The script a `<System>Cluster(site=site, **kwargs)` would submit."""
     opts = options(system, site=site, **kwargs)
-    return render(system, context(system, opts, scheduler_address, secret_file))
+    return render(system, context(system, opts, scheduler_address, secret_file, security))

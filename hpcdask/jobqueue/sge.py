@@ -23,7 +23,8 @@ class SGE(BatchSystem):
     name = "sge"
     submit_command = ["qsub"]
     cancel_command = ["qdel"]
-    job_id_regexp = r"Your job (?P<job_id>\d+)"
+    # "Your job 42 ("name") has been submitted", or just "42" with qsub -terse
+    job_id_regexp = r"(?m)(?:^|Your job(?:-array)? )(?P<job_id>\d+)"
 
     def status_command(self, job_ids: list[str]) -> list[str]:
         return ["qstat"]  # lists all of this user's jobs; SGE has no filter by job id list
