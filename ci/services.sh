@@ -19,6 +19,11 @@ run UCX "$venv/bin/python" -m pip install -q --disable-pip-version-check "ucxx-c
 if [ "$(id -u)" = 0 ]; then
   [ -f "$here/slurm_setup.sh" ] && run SLURM bash "$here/slurm_setup.sh"
   [ -f "$here/sge_setup.sh" ] && run SGE bash "$here/sge_setup.sh"
+  # sshd (loopback + network-namespace hosts) for tests/test_ssh*.py: CI fails without it
+  if [ -f "$here/ssh_setup.sh" ] && ! bash "$here/ssh_setup.sh"; then
+    echo "!! sshd could not be started: failing" >&2
+    exit 1
+  fi
 else
   echo "== not root: SLURM and SGE tests will be skipped"
 fi
