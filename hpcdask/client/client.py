@@ -68,6 +68,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, SyncAs
         asynchronous: bool = False,
         name: str | None = None,
         direct_to_workers: bool | None = None,
+        loop: Any = None,  # dask's: accepted; hpcdask runs its own loop (see utils/loop.py)
         **cluster_kwargs: Any,
     ) -> None:
         self.id = f"Client-{name or ''}{uuid.uuid4().hex[:16]}"
@@ -92,10 +93,14 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, SyncAs
         self._key_seq = 0
         self._key_base = uuid.uuid4().hex[:12]
 
+        self._scheduler_file = None
         if scheduler_file is not None:
-            from ..utils.schedfile import read_scheduler_file
-
-            address, secret = read_scheduler_file(scheduler_file)
+            from ..utils.schedfile import scheduler_file_exists, wait_for_scheduler_file
+        if scheduler_file is not None and asynchronous and not scheduler_file_exists(scheduler_file):
+            self._scheduler_file = scheduler_file  # waited for in _start, without blocking
+            address = "tcp://scheduler-file-pending:0"
+        elif scheduler_file is not None:
+            address, secret = wait_for_scheduler_file(scheduler_file, self.timeout)
             if secret is not None and (not isinstance(security, Security) or not security.secret):
                 security = Security(secret=secret)
         if address is not None and not isinstance(address, str):
@@ -134,6 +139,13 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, SyncAs
         if self.status == "running":
             return
         self.loop = asyncio.get_running_loop()
+        if self._scheduler_file is not None:
+            from ..utils.schedfile import await_scheduler_file
+
+            address, secret = await await_scheduler_file(self._scheduler_file, self.timeout)
+            self._scheduler_file, self.scheduler_address = None, normalize_address(address)
+            if secret is not None and (self.security is None or not self.security.secret):
+                self.security = Security(secret=secret)
         if self.scheduler_address is None:
             from ..deploy.local import LocalCluster
 

@@ -71,6 +71,6 @@ def _rebuild(obj: Any, results: dict, errors: str) -> Any:
 def _workers_list(workers: Any) -> list | None:
     if workers is None:
         return None
-    if isinstance(workers, str):
+    if isinstance(workers, (str, int)):  # one address, name, or integer name (an MPI rank)
         return [workers]
     return [normalize_address(w) if isinstance(w, str) and ":" in w else w for w in workers]

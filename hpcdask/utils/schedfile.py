@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from typing import Any
 
 
@@ -36,6 +37,45 @@ def read_scheduler_file(path: str) -> tuple[str, bytes | None]:
     if "address" not in info:
         raise ValueError(f"scheduler file {path} has no 'address' entry")
     return info["address"], bytes.fromhex(secret) if secret else None
+
+
+def scheduler_file_exists(path: str) -> bool:
+    return os.path.exists(os.path.expanduser(path))
+
+
+def _not_ready(path: str, timeout: float, error: Exception) -> Exception:
+    return TimeoutError(
+        f"scheduler file {os.path.expanduser(path)} did not appear within {timeout}s ({error}); "
+        "is the scheduler (or mpirun ... hpcdask-mpi --scheduler-file) running? "
+        "Pass timeout= to wait longer"
+    )
+
+
+def wait_for_scheduler_file(path: str, timeout: float) -> tuple[str, bytes | None]:
+    """read_scheduler_file, waiting up to *timeout* s for the file to appear and be complete:
+    clients are often started while the scheduler (say, rank 0 of an MPI job) still starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read_scheduler_file(path)
+        except (FileNotFoundError, ValueError) as e:  # missing, or half-written
+            if time.monotonic() >= deadline:
+                raise _not_ready(path, timeout, e) from None
+            time.sleep(0.05)
+
+
+async def await_scheduler_file(path: str, timeout: float) -> tuple[str, bytes | None]:
+    """wait_for_scheduler_file without blocking the event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return read_scheduler_file(path)
+        except (FileNotFoundError, ValueError) as e:
+            if time.monotonic() >= deadline:
+                raise _not_ready(path, timeout, e) from None
+            await asyncio.sleep(0.05)
 
 
 def resolve_scheduler(address: str | None, scheduler_file: str | None, security: Any,
