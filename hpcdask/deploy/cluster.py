@@ -176,15 +176,10 @@ class Cluster(SyncAsync):
             return await self._choose_leavers_remote(k)
         state = self.scheduler.state
         addr_of = {name: getattr(w, "address", None) for name, w in self.workers.items()}
-
-        def cost(name: Any) -> tuple:
-            ws = state.workers.get(addr_of[name])
-            return (0, 0) if ws is None else (len(ws.processing), ws.nbytes)
-
-        leavers = sorted(self.workers, key=cost)[:k]
+        leavers = state.retirement_order({name: [a] for name, a in addr_of.items()})[:k]
         addresses = [addr_of[n] for n in leavers if addr_of[n] in state.workers]
         if addresses:
-            await self.scheduler._retire(addresses, close=False)
+            await self.scheduler.retire_workers(addresses, close=False)
         return leavers
 
     async def _choose_leavers_remote(self, k: int) -> list:

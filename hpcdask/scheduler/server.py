@@ -15,7 +15,6 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from .. import config
@@ -73,6 +72,8 @@ class Scheduler(Server):
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict] = {}
         self.closing_workers: set[str] = set()
+        self._close_retired: dict[str, bool] = {}  # retiring worker -> close it when done
+        self._msg_seq = 0  # numbers the stimulus ids of incoming messages
         self.funcs: dict[str, Any] = {}
         self.funcs_sent: dict[str, set] = {}
         self.worker_plugins: dict[str, Any] = {}
@@ -171,12 +172,17 @@ class Scheduler(Server):
 
     # ------------------------------------------------------------ carrying out instructions
 
-    def apply(self, *events: Any) -> None:
+    def _stimulus(self, what: str, peer: str) -> str:
+        """A stimulus id for the story: which message from which peer."""
+        self._msg_seq += 1
+        return f"{what} from {peer} #{self._msg_seq}"
+
+    def apply(self, *events: Any, stimulus_id: str | None = None) -> None:
         """Feed events to the state machine and carry out what it decides."""
         send_worker = self.worker_streams.get
         send_client = self.client_streams.get
         inline, self._inline = self._inline, {}
-        for ins in self.state.handle(*events):
+        for ins in self.state.handle(*events, stimulus_id=stimulus_id):
             kind = type(ins)
             if kind is ev.Compute:
                 bs = send_worker(ins.worker)
@@ -201,6 +207,26 @@ class Scheduler(Server):
                     elif isinstance(msg.get("exception"), BaseException):
                         msg = {**msg, "exception": Pickled.dumps(msg["exception"])}
                     bs.send(msg)
+            else:
+                self._carry_out(ins)
+
+    def _carry_out(self, ins: Any) -> None:
+        """The rare instructions: retirement and restart."""
+        kind = type(ins)
+        if kind is ev.AcquireReplicas:
+            self.spawn(self.pool.call(ins.worker, "acquire-replicas", who_has=ins.who_has,
+                                      nbytes=ins.nbytes))  # fmt: skip
+        elif kind is ev.WorkerRetired:
+            self.closing_workers.add(ins.worker)
+            bs = self.worker_streams.get(ins.worker)
+            if self._close_retired.pop(ins.worker, True) and bs is not None and not bs.closed():
+                bs.send({"op": "close", "nanny": True})
+            self._workers_changed.set()
+        elif kind is ev.CloseWorker:
+            self.closing_workers.add(ins.worker)
+            bs = self.worker_streams.get(ins.worker)
+            if bs is not None and not bs.closed():
+                bs.send({"op": "close", "restart": True} if ins.restart else {"op": "close"})
 
     # ------------------------------------------------------------ worker streams
 
@@ -226,7 +252,8 @@ class Scheduler(Server):
         self.funcs_sent[addr] = set()
         info = self.worker_info[addr]
         self.apply(ev.AddWorker(addr, msg["nthreads"], msg.get("name"), info["memory_limit"],
-                                info["resources"], info["host"], msg.get("keys")))  # fmt: skip
+                                info["resources"], info["host"], msg.get("keys")),
+                   stimulus_id=self._stimulus("register-worker", addr))  # fmt: skip
         self._notify_plugins("add_worker", worker=addr)
         self._workers_changed.set()
         logger.info("Register worker %s (%s threads)", addr, msg["nthreads"])
@@ -249,7 +276,10 @@ class Scheduler(Server):
             self.worker_info.pop(addr, None)
             self.pool.remove(addr)
             if self.status == "running":
-                self.apply(ev.RemoveWorker(addr, reason="closed" if safe else reason, safe=safe))
+                self.apply(
+                    ev.RemoveWorker(addr, reason="closed" if safe else reason, safe=safe),
+                    stimulus_id=self._stimulus(f"stream closed ({reason})", addr),
+                )
                 self._notify_plugins("remove_worker", worker=addr)
                 if not safe:
                     logger.warning("Worker %s left unexpectedly (%s)", addr, reason)
@@ -284,9 +314,9 @@ class Scheduler(Server):
             elif op == "closing":
                 self.closing_workers.add(addr)
             elif op == "retire-me":  # a worker at its lifetime (walltime): wait for heirs
-                self.spawn(self._retire([addr], close=True, heir_wait=HEIR_WAIT))
+                self.spawn(self.retire_workers([addr], close=True, heir_wait=HEIR_WAIT))
         if events:
-            self.apply(*events)
+            self.apply(*events, stimulus_id=self._stimulus("worker-batch", addr))
 
     # ------------------------------------------------------------ client streams
 
@@ -295,7 +325,7 @@ class Scheduler(Server):
         await comm.send({"status": "OK", "result": {"address": self.address, "id": self.id}})
         bs = BatchedSend(comm)
         self.client_streams[client] = bs
-        self.apply(ev.AddClient(client))
+        self.apply(ev.AddClient(client), stimulus_id=self._stimulus("register-client", client))
         try:
             while True:
                 batch = await comm.recv()
@@ -309,12 +339,13 @@ class Scheduler(Server):
             self.client_streams.pop(client, None)
             bs.abort()
             if self.status == "running":
-                self.apply(ev.RemoveClient(client))
+                self.apply(ev.RemoveClient(client), stimulus_id=self._stimulus("closed", client))
             comm.abort()
         return Server.STREAM
 
     def _client_msg(self, client: str, msg: dict) -> bool:
         op = msg["op"]
+        stim = self._stimulus(op, client)
         if op == "update-graph":
             funcs = msg.get("funcs")
             if funcs:
@@ -326,20 +357,23 @@ class Scheduler(Server):
                 func = fids.setdefault(func, func)
                 tasks.append(ev.NewTask(key, func, args, deps or (), prio or 0, retries or 0,
                                         workers, resources, loose))  # fmt: skip
-            self.apply(ev.UpdateGraph(client, tasks, msg.get("wanted", [])))
+            self.apply(ev.UpdateGraph(client, tasks, msg.get("wanted", [])), stimulus_id=stim)
         elif op == "release-keys":
-            self.apply(ev.ReleaseKeys(client, msg["keys"]))
+            self.apply(ev.ReleaseKeys(client, msg["keys"]), stimulus_id=stim)
         elif op == "want-keys":
-            self.apply(ev.WantKeys(msg.get("as", client), msg["keys"]))
+            self.apply(ev.WantKeys(msg.get("as", client), msg["keys"]), stimulus_id=stim)
         elif op == "fire-and-forget":
-            self.apply(ev.WantKeys(FIRE_AND_FORGET, msg["keys"]))
+            self.apply(ev.WantKeys(FIRE_AND_FORGET, msg["keys"]), stimulus_id=stim)
         elif op == "cancel":
-            self.apply(ev.CancelKeys(client, msg["keys"], msg.get("reason") or "cancelled"))
+            self.apply(
+                ev.CancelKeys(client, msg["keys"], msg.get("reason") or "cancelled"),
+                stimulus_id=stim,
+            )
         elif op == "retry":
-            self.apply(ev.RetryKeys(client, msg["keys"]))
+            self.apply(ev.RetryKeys(client, msg["keys"]), stimulus_id=stim)
         elif op == "update-data":
             for worker, nbytes in msg["who_has"].items():
-                self.apply(ev.DataAdded(worker, nbytes, client))
+                self.apply(ev.DataAdded(worker, nbytes, client), stimulus_id=stim)
         elif op == "close-client":
             return False
         return True
@@ -430,16 +464,8 @@ class Scheduler(Server):
         timeout = msg.get("timeout", 60)
         n = len(self.worker_streams)
         nannies = [a for a, i in self.worker_info.items() if i.get("nanny")]
-        for client, bs in self.client_streams.items():
-            for ts in list(self.state.clients.get(client, _Empty).wants_what):
-                bs.send({"op": "cancelled", "key": ts.key, "reason": "the cluster restarted"})
-        self.state = SchedulerState(killed_worker_limit=self.state.killed_worker_limit)
-        for addr, bs in list(self.worker_streams.items()):
-            self.closing_workers.add(addr)
-            bs.send({"op": "close", "restart": True})
-        for client in self.client_streams:
-            self.state.handle(ev.AddClient(client))
         old = set(self.worker_streams)
+        self.apply(ev.Restart(), stimulus_id=self._stimulus("restart", "a client"))
         deadline = time.monotonic() + timeout
         while old & set(self.worker_streams) or len(self.worker_streams) < len(nannies):
             if time.monotonic() > deadline:
@@ -451,57 +477,56 @@ class Scheduler(Server):
     async def _retire_workers(self, comm: Any, msg: dict) -> list:
         workers = msg.get("workers")
         if workers is None:
-            n = msg.get("n", 0)
-            idle = sorted(self.state.workers.values(), key=lambda w: (len(w.processing), w.nbytes))
-            workers = [ws.address for ws in idle[:n]]
+            workers = self.state.retirement_order()[: msg.get("n", 0)]
         resolved = [self.state.resolve_worker(w) or w for w in workers]
-        await self._retire(resolved, close=msg.get("close", True))
+        await self.retire_workers(resolved, close=msg.get("close", True))
         return resolved
 
-    async def _retire(self, workers: list[str], close: bool = True, timeout: float = 60,
-                      heir_wait: float = 0) -> None:  # fmt: skip
-        """Copy data held only by these workers elsewhere, then let them go.
+    async def retire_workers(self, workers: list[str], close: bool = True, timeout: float = 60,
+                             heir_wait: float = 0) -> list[str]:  # fmt: skip
+        """Let these workers go once the data only they hold is copied elsewhere.
 
-        With *heir_wait*, a worker whose data nobody else could take waits up to that long for
-        a worker to arrive (a replacement job's, at the end of a walltime) before it leaves.
+        The state machine plans the copies (`RetireWorkers`); this re-plans them with a
+        backoff until every worker could go or `timeout` passed, then lets the rest go anyway.
+        With `heir_wait`, workers whose data nobody else could take wait up to that long for a
+        worker to arrive (a replacement job's, at the end of a walltime) first. With
+        `close=False` the workers are only removed from the state (their cluster stops them).
         """
-        retiring = {self.state.workers[a] for a in workers if a in self.state.workers}
-        if not retiring:
-            return
-        for ws in retiring:
-            ws.status = "closing_gracefully"
-            self.state.idle.discard(ws)
+        state = self.state
+        addrs = [a for a in workers if a in state.workers]
+        if not addrs:
+            return []
+        for a in addrs:
+            self._close_retired[a] = close
+        stim = self._stimulus("retire", ",".join(addrs))
+        self.apply(ev.RetireWorkers(addrs), stimulus_id=stim)
 
-        def heirs() -> list:  # not workers that are leaving themselves
-            return [w for w in self.state.workers.values()
-                    if w not in retiring and w.status != "closing_gracefully"]  # fmt: skip
+        def pending() -> list[str]:
+            return [a for a in addrs if a in state.retiring]
 
-        keep = heirs()
-        deadline = time.monotonic() + timeout
-        if not keep and heir_wait and any(_only_on(retiring)):
+        def heirs() -> bool:
+            return any(w.status == "running" for w in state.workers.values())
+
+        if pending() and not heirs() and heir_wait:
             logger.info("%s: waiting up to %gs for a worker to hand data to",
-                        ", ".join(w.address for w in retiring), heir_wait)  # fmt: skip
+                        ", ".join(pending()), heir_wait)  # fmt: skip
             until = time.monotonic() + heir_wait
-            while not keep and time.monotonic() < until and all(
-                    w.address in self.state.workers for w in retiring):  # fmt: skip
+            while pending() and not heirs() and time.monotonic() < until:
                 await self._wait_workers_changed(until - time.monotonic())
-                keep = heirs()
-            deadline = time.monotonic() + timeout
-        while keep and time.monotonic() < deadline:
-            plan: dict[str, dict[str, list[str]]] = {}
-            for ts in _only_on(retiring):
-                dest = min(keep, key=lambda w: w.nbytes)
-                plan.setdefault(dest.address, {})[ts.key] = [w.address for w in ts.who_has]
-            if not plan:
-                break
-            await asyncio.gather(*(self.pool.call(dest, "acquire-replicas", who_has=who_has)
-                                   for dest, who_has in plan.items()), return_exceptions=True)  # fmt: skip
-        for ws in retiring:
-            self.closing_workers.add(ws.address)
-            self.apply(ev.RemoveWorker(ws.address, reason="retired", safe=True))
-            bs = self.worker_streams.get(ws.address)
-            if close and bs is not None and not bs.closed():
-                bs.send({"op": "close", "nanny": True})
+            if pending():
+                self.apply(ev.RetireWorkers(pending()), stimulus_id=stim)
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while pending() and heirs() and time.monotonic() < deadline:
+            await self._wait_workers_changed(min(delay, deadline - time.monotonic()))
+            delay = min(2 * delay, 2.0)
+            if pending():  # copies lost or slow: plan again for what is still missing
+                self.apply(ev.RetireWorkers(pending()), stimulus_id=stim)
+        if pending():
+            self.apply(ev.RetireWorkers(pending(), force=True), stimulus_id=stim)
+        for a in addrs:
+            self._close_retired.pop(a, None)
+        return addrs
 
     async def _register_worker_plugin(self, comm: Any, msg: dict) -> dict:
         name = msg["name"]
@@ -555,10 +580,6 @@ class Scheduler(Server):
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
 
 
-class _Empty:
-    wants_what: set = set()
-
-
 def _parameters(func: Any) -> set:
     try:
         return set(inspect.signature(func).parameters)
@@ -583,11 +604,3 @@ def _write_private(path: str, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _only_on(workers: set) -> Iterator:
-    """Tasks whose results are still wanted and held by none but *workers*."""
-    for ws in workers:
-        for ts in ws.has_what:
-            if ts.who_has and ts.who_has <= workers and (ts._wants or ts.waiters):
-                yield ts
