@@ -141,3 +141,33 @@ async def test_worker_at_its_lifetime_waits_for_an_heir_before_leaving():
                 again = c.submit(bytes, fut, workers=[w2.address], pure=False)
                 assert await again == value  # handed over, not recomputed
         await w1.close()
+
+
+async def test_retiring_worker_spreads_its_unique_data_over_several_heirs():
+    """Retirement is planned by the state machine: the data only the leaving worker holds goes
+    to several heirs (by free memory), fetched through their own fetch machinery."""
+    from hpcdask import Client, Scheduler, Worker
+    from hpcdask.testing.polling import async_wait_for
+
+    async with Scheduler(host="127.0.0.1") as s:
+        w1, w2, w3 = [await Worker(s.address, nthreads=1, host="127.0.0.1") for _ in range(3)]
+        try:
+            async with Client(s.address, asynchronous=True) as c:
+                futs = c.map(os.urandom, [2**16 + i for i in range(6)], workers=[w1.address])
+                values = await c.gather(futs)
+                assert {ws.address for f in futs for ws in s.state.tasks[f.key].who_has} == {
+                    w1.address
+                }
+                assert await s.retire_workers([w1.address]) == [w1.address]
+                assert w1.address not in s.state.workers
+                holders = {ws.address for f in futs for ws in s.state.tasks[f.key].who_has}
+                assert holders == {w2.address, w3.address}
+                await async_wait_for(lambda: w1.status == "closed")
+                # Moved, not recomputed. (Not c.gather: the client would first try w1, which
+                # it was told holds them, and wait out its connect timeout.)
+                again = c.submit(lambda *xs: list(xs), *futs, workers=[w2.address], pure=False)
+                assert await again == values
+                assert all(s.state.tasks[f.key].state == "memory" for f in futs)
+        finally:
+            for w in (w1, w2, w3):
+                await w.close()

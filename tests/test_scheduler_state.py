@@ -1195,3 +1195,168 @@ def test_a_million_pending_tasks_without_workers():
     assert len(s.tasks) == 1_000_000
     assert len(s.queued) == 1_000_000
     assert s.tasks["k-999999"].state == "queued"
+
+
+# ---------------------------------------------------------------- the transition table
+
+
+def test_cancelled_queued_tasks_leave_the_ready_queue_and_free_their_arguments():
+    """Defect: cancelled queued tasks stayed in the ReadyQueue with their arguments, and
+    adaptive_target() stayed above 0, so adapt() could ask for jobs nobody needed."""
+    import gc
+    import weakref
+
+    class Args:
+        pass
+
+    s = sched()  # no workers yet (e.g. jobs still pending): everything waits in the queue
+    args = [Args() for _ in range(1000)]
+    refs = [weakref.ref(a) for a in args]
+    tasks = [NewTask(f"q{i}", func="f", args=a) for i, a in enumerate(args)]
+    del args
+    run(s, UpdateGraph("c", tasks, [t.key for t in tasks]))
+    assert len(s.queued) == 1000 and s.adaptive_target() > 0
+    del tasks
+    run(s, CancelKeys("c", [f"q{i}" for i in range(1000)]))
+    assert s.tasks == {}
+    assert len(s.queued) == 0 and list(s.queued) == []
+    assert s.adaptive_target() == 0
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+
+
+def test_released_queued_tasks_leave_the_queue_in_any_order():
+    s = sched(("A", 1), buffer_seconds=0)
+    run(s, graph(*[nt(f"q{i}") for i in range(50)]))
+    rng = random.Random(0)
+    keys = [f"q{i}" for i in range(1, 50)]
+    rng.shuffle(keys)
+    for n, key in enumerate(keys, 1):
+        run(s, ReleaseKeys("c", [key]))
+        assert len(s.queued) == 49 - n
+    assert computes(finish(s, "q0")) == []  # nothing left to hand out
+
+
+def test_an_impossible_transition_raises_naming_the_key_and_its_story():
+    from hpcdask.core.exceptions import InvalidTransition
+
+    s = sched(("A", 1))
+    run(s, graph(nt("x")), stimulus_id="graph from c #1")
+    with pytest.raises(InvalidTransition) as info:
+        s._transition(s.tasks["x"], "waiting")
+    text = str(info.value)
+    assert "processing -> waiting" in text and "'x'" in text and "graph from c #1" in text
+    assert info.value.story == s.story("x")
+
+
+def test_a_recommendation_that_went_stale_is_dropped():
+    s = sched(("A", 1))
+    run(s, graph(nt("x")))
+    ts = s.tasks["x"]
+    s._rec(ts, "erred")  # recommended while processing...
+    ts_finished = TaskFinished("A", "x", nbytes=1)
+    s._handlers[TaskFinished](ts_finished)  # ...but it reached memory first
+    s._run_transitions()
+    assert ts.state == "memory"
+
+
+def test_story_finds_the_transitions_one_stimulus_caused():
+    s = sched(("A", 1))
+    run(s, graph(nt("x"), nt("y", "x")), stimulus_id="update-graph from c #7")
+    run(s, TaskFinished("A", "x", nbytes=1), stimulus_id="worker-batch from A #8")
+    assert {(k, b) for k, _, b, _, _ in s.story("worker-batch from A #8")} == {
+        ("x", "memory"), ("y", "processing"),
+    }  # fmt: skip
+    assert {k for k, *_ in s.story("update-graph from c #7")} == {"x", "y"}
+
+
+def test_every_table_entry_uses_known_states():
+    from hpcdask.core.task_state import STATES
+
+    s = SchedulerState()
+    assert {a for a, _ in s._table} | {b for _, b in s._table} <= STATES
+
+
+def test_validate_catches_a_stale_queue_entry():
+    s = sched(("A", 1))
+    run(s, graph(nt("x"), nt("y")))
+    s.tasks["y"].state = "released"
+    with pytest.raises(AssertionError):
+        s.validate()
+
+
+# ---------------------------------------------------------------- retirement and restart
+
+
+def instr(out: list, kind: type) -> list:
+    return [i for i in out if isinstance(i, kind)]
+
+
+def test_retirement_spreads_unique_data_over_heirs_by_free_memory():
+    from hpcdask.core.scheduler_events import AcquireReplicas, RetireWorkers, WorkerRetired
+
+    s = sched(("A", 1), ("B", 1, {"memory_limit": 10 * MB}), ("C", 1, {"memory_limit": 10 * MB}))
+    on_a = [f"x{i}" for i in range(4)]
+    run(s, DataAdded("A", {k: 3 * MB for k in on_a}, client="c"))
+    run(s, DataAdded("B", {"shared": 1}, client="c"), DataAdded("A", {"shared": 1}))
+    out = run(s, RetireWorkers(["A"]))
+    assert s.workers["A"].status == "closing_gracefully" and s.workers["A"] not in s.idle
+    plans = {i.worker: i.who_has for i in instr(out, AcquireReplicas)}
+    assert set().union(*plans.values()) == set(on_a)  # not "shared": B has it too
+    assert {len(v) for v in plans.values()} == {2}  # two each, not all to a single heir
+    assert not instr(out, WorkerRetired)
+    for heir, who_has in plans.items():
+        out = run(s, DataAdded(heir, {k: 3 * MB for k in who_has}))
+    assert instr(out, WorkerRetired) == [WorkerRetired("A")]
+    assert "A" not in s.workers and not s.retiring
+
+
+def test_retirement_without_unique_data_is_immediate_and_forced_retirement_drops_data():
+    from hpcdask.core.scheduler_events import AcquireReplicas, RetireWorkers, WorkerRetired
+
+    s = sched(("A", 1), ("B", 1))
+    out = run(s, RetireWorkers(["B"]))
+    assert instr(out, WorkerRetired) == [WorkerRetired("B")] and "B" not in s.workers
+    run(s, graph(nt("x")))
+    finish(s, "x")
+    out = run(s, RetireWorkers(["A"]))  # no heir: nothing planned, A stays
+    assert not instr(out, AcquireReplicas) and "A" in s.retiring
+    out = run(s, RetireWorkers(["A"], force=True))
+    assert instr(out, WorkerRetired) == [WorkerRetired("A")]
+    assert s.tasks["x"].state in ("released", "waiting", "queued")
+
+
+def test_a_retiring_worker_gets_no_new_tasks():
+    from hpcdask.core.scheduler_events import RetireWorkers
+
+    s = sched(("A", 2), ("B", 2))
+    run(s, graph(nt("keep")))
+    holder = s.tasks["keep"].processing_on.address
+    finish(s, "keep")
+    run(s, RetireWorkers([holder]))
+    out = run(s, graph(*[nt(f"r{i}") for i in range(4)], nt("d", "keep")))
+    assert holder not in set(placed(out).values())
+
+
+def test_retirement_order_cheapest_first_by_tasks_then_bytes():
+    s = sched(("A", 1), ("B", 1), ("C", 1))
+    run(s, graph(nt("x")))
+    busy = s.tasks["x"].processing_on.address
+    assert s.retirement_order()[-1] == busy
+    assert s.retirement_order(["new", busy]) == ["new", busy]  # unknown workers cost nothing
+    groups = {"job1": [busy, "zz"], "job2": [a for a in "ABC" if a != busy]}
+    assert s.retirement_order(groups) == ["job2", "job1"]
+
+
+def test_restart_cancels_every_wanted_future_and_asks_every_worker_to_restart():
+    from hpcdask.core.scheduler_events import CloseWorker, Restart
+
+    s = sched(("A", 1), ("B", 1))
+    run(s, AddClient("c"), graph(nt("x"), nt("y", "x")))
+    out = run(s, Restart())
+    assert {m["key"] for m in reports(out, "c", "cancelled")} == {"x", "y"}
+    assert {i.worker for i in instr(out, CloseWorker)} == {"A", "B"}
+    assert all(i.restart for i in instr(out, CloseWorker))
+    assert s.tasks == {} and s.workers == {} and "c" in s.clients and not s.queued
+    run(s, AddWorker("A2", 1), graph(nt("z")))
+    assert s.tasks["z"].state == "processing"

@@ -30,3 +30,22 @@ class FutureCancelledError(Exception):
 
     def __str__(self) -> str:
         return f"{self.key!r} cancelled" + (f": {self.reason}" if self.reason else "")
+
+
+class InvalidTransition(RuntimeError):
+    """A state machine was asked for a change its transition table does not allow: a bug.
+
+    The message names the key and the change, and ends with the key's story (the logged
+    transitions and the stimuli that caused them), which is what a bug report needs."""
+
+    def __init__(self, key: str, start: str, finish: str, story: list) -> None:
+        self.key = key
+        self.start = start
+        self.finish = finish
+        self.story = story
+        super().__init__(key, start, finish)
+
+    def __str__(self) -> str:
+        lines = [f"impossible transition {self.start} -> {self.finish} for {self.key!r}; story:"]
+        lines += [f"  {entry}" for entry in self.story[-20:]] or ["  (nothing logged)"]
+        return "\n".join(lines)

@@ -50,6 +50,12 @@ def worker_cost(ts: TaskState, ws: WorkerState) -> float:
     return ws.occupancy / ws.nthreads + transfer_cost(ts, ws)
 
 
+def decide_root_worker(idle: Iterable[WorkerState]) -> WorkerState | None:
+    """A worker with room for a task without inputs or restrictions: the least loaded idle
+    one, or None (the task then waits in the scheduler's queue for room)."""
+    return min(idle, key=_load, default=None)
+
+
 def decide_worker(
     ts: TaskState,
     running: dict[str, WorkerState],

@@ -33,7 +33,7 @@ class UpdateGraph:
     client: str
     tasks: list  # list[NewTask], in the order the client wants them run when all else is equal
     wanted: list  # keys the client holds futures for
-    stimulus_id: str = "update-graph"
+    stimulus_id: str = ""  # logged in the story; the server names the message and its peer
 
 
 @dataclass(slots=True)
@@ -138,6 +138,24 @@ class WorkerReleasedKey:
     key: str
 
 
+@dataclass(slots=True)
+class RetireWorkers:
+    """These workers should leave once the data only they hold (and someone still needs) is
+    copied elsewhere. They get no new tasks from now on. Sent again to re-plan the copies
+    (the server does so with a backoff); with `force` they leave at once, data or not."""
+
+    workers: list  # addresses
+    force: bool = False
+
+
+@dataclass(slots=True)
+class Restart:
+    """Forget every task (clients are told their futures were cancelled) and every worker,
+    which is asked to restart."""
+
+    reason: str = "the cluster restarted"
+
+
 # ---------------------------------------------------------------- instructions
 
 
@@ -163,3 +181,28 @@ class FreeKeys:
 class ReportToClient:
     client: str
     msg: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AcquireReplicas:
+    """Ask `worker` to fetch copies of these keys from the listed holders."""
+
+    worker: str
+    who_has: dict  # key -> list of addresses
+    nbytes: dict  # key -> nbytes
+
+
+@dataclass(slots=True)
+class WorkerRetired:
+    """A retiring worker has handed its data over and is no longer part of the state; the
+    server may now close it (or whoever started it stops it)."""
+
+    worker: str
+
+
+@dataclass(slots=True)
+class CloseWorker:
+    """The worker is no longer part of the state and should close (or restart)."""
+
+    worker: str
+    restart: bool = False

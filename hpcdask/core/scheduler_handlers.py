@@ -3,27 +3,32 @@ events, kept apart from the transition table they drive (`scheduler_state.py`)."
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
-from . import placement
+from . import placement, retirement
 from .exceptions import KilledWorker
+from .ready_queue import ReadyQueue
 from .scheduler_events import (
+    AcquireReplicas,
     AddClient,
     AddWorker,
     CancelKeys,
+    CloseWorker,
     DataAdded,
     MissingData,
     ReleaseKeys,
     RemoveClient,
     RemoveWorker,
     ReportToClient,
+    Restart,
+    RetireWorkers,
     RetryKeys,
     TaskErred,
     TaskFinished,
     UpdateGraph,
     WantKeys,
     WorkerReleasedKey,
+    WorkerRetired,
 )
 from .task_state import FIRE_AND_FORGET, ClientState, TaskState, WorkerState, _clients, _priority
 
@@ -205,9 +210,11 @@ class EventHandlers(_Base):
             return
         ws.status = "closed"
         self.idle.discard(ws)
+        self.retiring.pop(ev.address, None)
         if self.aliases.get(str(ws.name)) == ws.address:
             del self.aliases[str(ws.name)]
-        self._stim = f"remove-worker {ev.reason}".strip()
+        if self._stim == "RemoveWorker":
+            self._stim = f"remove-worker {ev.address} {ev.reason}".strip()
         # Lost data first, so that rescheduled tasks see which inputs must be recomputed.
         for ts in list(ws.has_what):
             ws.has_what.discard(ts)
@@ -245,13 +252,11 @@ class EventHandlers(_Base):
             elif ts is None or ts.state != "memory":
                 self._free_on(ws, ev.key)
             return
-        self._unprocess(ts)
         if ev.duration > 0:
             old = self.durations.get(ts.func)
             self.durations[ts.func] = ev.duration if old is None else 0.5 * (old + ev.duration)
             self.avg_duration = 0.9 * self.avg_duration + 0.1 * ev.duration
-        self._enter_memory(ts, ws, ev.nbytes, ev.typename)
-        self.log.append((ts.key, "processing", "memory", self._stim, time.time()))
+        self._transition(ts, "memory", ws, ev.nbytes, ev.typename)
         self._run_transitions()
         self._fill(ws)
 
@@ -286,15 +291,10 @@ class EventHandlers(_Base):
                     ws.has_what.add(ts)
                     ws.nbytes += nbytes
                 continue
-            if ts.state == "processing":
-                self._unprocess(ts)
-            elif ts.state in ("queued", "no-worker"):
-                self.unrunnable.discard(ts)
-            start = ts.state
-            ts.waiting_on = None
-            self._enter_memory(ts, ws, nbytes, "")
-            self.log.append((key, start, "memory", self._stim, time.time()))
+            self._transition(ts, "memory", ws, nbytes, "")
             self._run_transitions()
+        if self.retiring:  # a copy arrived: a retiring worker may now be free to go
+            self._retire_done()
 
     def _missing_data(self, ev: MissingData) -> None:
         self._drop_replica(ev.key, ev.errant)
@@ -306,6 +306,70 @@ class EventHandlers(_Base):
 
     def _worker_released_key(self, ev: WorkerReleasedKey) -> None:
         self._drop_replica(ev.key, ev.worker)
+        if self.retiring:
+            self._run_transitions()
+            self._retire_done()
+
+    # ------------------------------------------------------------ retirement, restart
+
+    def _retire_workers(self, ev: RetireWorkers) -> None:
+        for address in ev.workers:
+            ws = self.workers.get(address)
+            if ws is not None:
+                ws.status = "closing_gracefully"  # no new tasks from now on
+                self.idle.discard(ws)
+                self.retiring[address] = ws
+        if ev.force:
+            for address in ev.workers:
+                if address in self.retiring:
+                    self._retire_now(self.retiring[address])
+            return
+        if self._retire_done():
+            return
+        heirs = [ws for ws in self.workers.values() if ws.status == "running"]
+        for address, keys in retirement.plan(self.retiring.values(), heirs).items():
+            self._out.append(AcquireReplicas(
+                address,
+                {key: holders for key, (holders, _) in keys.items()},
+                {key: nbytes for key, (_, nbytes) in keys.items()},
+            ))  # fmt: skip
+
+    def _retire_done(self) -> bool:
+        """Let every retiring worker whose data is safe go; True when none is left."""
+        for ws in list(self.retiring.values()):
+            if ws.address not in self.workers:
+                self.retiring.pop(ws.address, None)
+            elif not retirement.holds_unique(ws, set(self.retiring.values())):
+                self._retire_now(ws)
+        return not self.retiring
+
+    def _retire_now(self, ws: WorkerState) -> None:
+        address = ws.address
+        self.retiring.pop(address, None)
+        self._remove_worker(RemoveWorker(address, reason="retired", safe=True))
+        self._run_transitions()
+        self._out.append(WorkerRetired(address))
+
+    def _restart(self, ev: Restart) -> None:
+        for cid, cs in list(self.clients.items()):
+            if cid == FIRE_AND_FORGET:
+                continue
+            for ts in cs.wants_what:
+                self._out.append(ReportToClient(cid, {"op": "cancelled", "key": ts.key,
+                                                      "reason": ev.reason}))  # fmt: skip
+        for address in self.workers:
+            self._out.append(CloseWorker(address, restart=True))
+        self.tasks.clear()
+        self.clients = {cid: ClientState(cid, self.tasks) for cid in self.clients}
+        self.workers.clear()
+        self.aliases.clear()
+        self.queued = ReadyQueue()
+        self.unrunnable.clear()
+        self.idle.clear()
+        self.retiring.clear()
+        self.durations.clear()
+        self.avg_duration = self.default_duration
+        self._recs.clear()
 
     def _drop_replica(self, key: str, address: str) -> None:
         """`address` no longer holds `key`; a key with no copy left is released (and
@@ -343,6 +407,15 @@ class EventHandlers(_Base):
                     assert dts.state != "memory", (ts, dts)
             for dts in ts.dependencies or ():
                 assert ts in (dts.dependents or ()), (ts, dts)
+        queued = list(self.queued)
+        assert len(queued) == len(self.queued) == len(set(queued)), "queue count is off"
+        for ts in queued:
+            assert ts.state == "queued" and self.tasks.get(ts.key) is ts, ts
+        assert sum(ts.state == "queued" for ts in self.tasks.values()) == len(queued)
+        for ts in self.unrunnable:
+            assert ts.state == "no-worker" and self.tasks.get(ts.key) is ts, ts
+        for address, ws in self.retiring.items():
+            assert self.workers.get(address) is ws and ws.status == "closing_gracefully", ws
         for ws in self.workers.values():
             for ts in ws.processing:
                 assert ts.processing_on is ws and ts.state == "processing", (ws, ts)

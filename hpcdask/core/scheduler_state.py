@@ -2,8 +2,10 @@
 
 `SchedulerState.handle(*events)` applies events (see `scheduler_events`) and returns the
 instructions the async server must carry out. Nothing here does I/O or knows about sockets, so
-unit tests drive it directly. Every change of a task's state goes through `_transition`, which
-records it in `log`; `story(key)` answers "what happened to this task?".
+unit tests drive it directly. Every change of a task's state goes through `_transition` and the
+table `(start, finish) -> method` built in `__init__`: a pair the table lacks raises
+`InvalidTransition` with the key's story. Each change is logged with the stimulus that caused it
+(which message from which peer), and `story(key_or_stimulus)` answers "what happened here?".
 
 Task states: released -> waiting -> (queued | no-worker) -> processing -> memory | erred, and
 forgotten once nothing refers to the task any more. `queued` holds ready tasks without inputs or
@@ -18,7 +20,8 @@ import time
 from collections import deque
 from typing import Any
 
-from . import placement
+from . import placement, retirement
+from .exceptions import InvalidTransition
 from .ready_queue import ReadyQueue
 from .scheduler_events import (
     AddClient,
@@ -32,6 +35,8 @@ from .scheduler_events import (
     RemoveClient,
     RemoveWorker,
     ReportToClient,
+    Restart,
+    RetireWorkers,
     RetryKeys,
     TaskErred,
     TaskFinished,
@@ -42,8 +47,10 @@ from .scheduler_events import (
 from .scheduler_handlers import EventHandlers
 from .task_state import (  # noqa: F401 - re-exported: the records belong to this machine
     FIRE_AND_FORGET,
+    STATES,
     ClientState,
     TaskState,
+    TaskStateName,
     WorkerState,
     _clients,
     _load,
@@ -68,9 +75,10 @@ class SchedulerState(EventHandlers):
         }
         self.workers: dict[str, WorkerState] = {}
         self.aliases: dict[str, str] = {}
-        self.queued = ReadyQueue()  # may hold stale entries (state no longer queued)
+        self.queued = ReadyQueue()  # exactly the tasks in state "queued"
         self.unrunnable: set[TaskState] = set()
         self.idle: set[WorkerState] = set()
+        self.retiring: dict[str, WorkerState] = {}  # closing gracefully, handing data over
         self.durations: dict[Any, float] = {}
         self.avg_duration = default_duration
         self.default_duration = default_duration
@@ -78,7 +86,8 @@ class SchedulerState(EventHandlers):
         self.killed_worker_limit = killed_worker_limit
         self.log: deque = deque(maxlen=log_length)
         self.seq = 0
-        self._recs: list[tuple[TaskState, str]] = []
+        # Recommendations: (task, the state it was in when recommended, finish).
+        self._recs: list[tuple[TaskState, str, str]] = []
         self._out: list = []
         self._stim = ""
         self._handlers = {
@@ -96,12 +105,22 @@ class SchedulerState(EventHandlers):
             DataAdded: self._data_added,
             MissingData: self._missing_data,
             WorkerReleasedKey: self._worker_released_key,
+            RetireWorkers: self._retire_workers,
+            Restart: self._restart,
         }
-        self._table = {
+        # Every change of a task's state is one of these; nothing else assigns `ts.state`
+        # except the methods listed here.
+        self._table: dict[tuple[str, str], Any] = {
             ("released", "waiting"): self._released_waiting,
-            ("waiting", "processing"): self._waiting_processing,
+            ("waiting", "processing"): self._waiting_processing,  # or queued / no-worker
             ("queued", "processing"): self._queued_processing,
             ("no-worker", "processing"): self._queued_processing,
+            ("processing", "memory"): self._to_memory,
+            ("released", "memory"): self._to_memory,  # data added (scatter, reconnect)
+            ("waiting", "memory"): self._to_memory,
+            ("queued", "memory"): self._to_memory,
+            ("no-worker", "memory"): self._to_memory,
+            ("erred", "memory"): self._to_memory,
             ("processing", "released"): self._processing_released,
             ("waiting", "released"): self._waiting_released,
             ("queued", "released"): self._queued_released,
@@ -115,22 +134,28 @@ class SchedulerState(EventHandlers):
             ("no-worker", "erred"): self._to_erred,
             ("processing", "erred"): self._to_erred,
         }
+        for start, finish in self._table:
+            assert start in STATES and finish in STATES, (start, finish)
 
     # ------------------------------------------------------------ public API
 
     def handle(self, *events: Any, stimulus_id: str | None = None) -> list:
-        """Apply events in order and return the instructions they produced."""
+        """Apply events in order and return the instructions they produced.
+
+        `stimulus_id` names what caused them (the server passes "op from peer #n"); without
+        it each event's own `stimulus_id`, or its type, is logged."""
         for ev in events:
-            self._stim = stimulus_id or type(ev).__name__
+            self._stim = stimulus_id or getattr(ev, "stimulus_id", "") or type(ev).__name__
             self._handlers[type(ev)](ev)
             self._run_transitions()
         out, self._out = self._out, []
         return out
 
-    def story(self, *keys: str) -> list[tuple]:
-        """Every logged transition of these keys: (key, start, finish, stimulus, time)."""
-        wanted = set(keys)
-        return [entry for entry in self.log if entry[0] in wanted]
+    def story(self, *keys_or_stimuli: str) -> list[tuple]:
+        """Every logged transition of these keys, or caused by these stimuli:
+        (key, start, finish, stimulus, time)."""
+        wanted = set(keys_or_stimuli)
+        return [entry for entry in self.log if entry[0] in wanted or entry[3] in wanted]
 
     def resolve_worker(self, name_or_address: str) -> str | None:
         if name_or_address in self.workers:
@@ -145,23 +170,32 @@ class SchedulerState(EventHandlers):
             return 0
         return min(pending, max(1, math.ceil(pending * self.avg_duration / target_duration)))
 
+    def retirement_order(self, groups: Any = None) -> list:
+        """Workers (or groups of them) cheapest to lose first; see `retirement.order`.
+
+        `groups`: None (every worker's address), an iterable of addresses, or a mapping from
+        a name (a job, a cluster's worker name) to the addresses it stands for."""
+        return retirement.order(self.workers, groups)
+
     # ------------------------------------------------------------ transitions
 
-    def _rec(self, ts: TaskState, finish: str) -> None:
-        self._recs.append((ts, finish))
+    def _rec(self, ts: TaskState, finish: TaskStateName) -> None:
+        self._recs.append((ts, ts.state, finish))
 
     def _run_transitions(self) -> None:
         recs = self._recs
         budget = 20 * (len(self.tasks) + len(recs)) + 10_000
         while recs:
-            ts, finish = recs.pop()
+            ts, seen, finish = recs.pop()
+            if ts.state != seen:  # the task moved on since this was recommended
+                continue
             self._transition(ts, finish)
             budget -= 1
             if budget < 0:  # a bug, but one that must not eat the machine's memory
                 recs.clear()
                 raise RuntimeError(f"transition loop detected around {ts!r} -> {finish}")
 
-    def _transition(self, ts: TaskState, finish: str) -> None:
+    def _transition(self, ts: TaskState, finish: TaskStateName, *args: Any) -> None:
         start = ts.state
         if start == finish or start == "forgotten":
             return
@@ -171,9 +205,9 @@ class SchedulerState(EventHandlers):
                 self._transition(ts, "released")
                 if ts.state == "released" and not ts.dependents and not self._needed(ts):
                     self._transition(ts, "forgotten")
-            # Otherwise the recommendation went stale: the task moved on since it was made.
-            return
-        func(ts)
+                return
+            raise InvalidTransition(ts.key, start, finish, self.story(ts.key))
+        func(ts, *args)
         self.log.append((ts.key, start, ts.state, self._stim, time.time()))
 
     def _needed(self, ts: TaskState) -> bool:
@@ -204,8 +238,8 @@ class SchedulerState(EventHandlers):
     def _waiting_processing(self, ts: TaskState) -> None:
         ts.waiting_on = None
         if not ts.dependencies and ts.worker_restrictions is None and not ts.resources:
-            ws = min(self.idle, key=_load, default=None)
-            if ws is None:
+            ws = placement.decide_root_worker(self.idle)
+            if ws is None:  # every worker is full: wait in the queue for room
                 ts.state = "queued"
                 self.queued.push(ts)
                 return
@@ -218,10 +252,14 @@ class SchedulerState(EventHandlers):
         self._send(ts, ws)
 
     def _queued_processing(self, ts: TaskState, ws: WorkerState | None = None) -> None:
+        """Leave the queue for `ws` (a worker with room, which popped it off the queue) or
+        leave no-worker for a worker that now fits."""
         if ws is None:
             ws = placement.decide_worker(ts, self.workers, self.idle)
-            if ws is None:
+            if ws is None:  # nobody may run it yet: it stays where it is
                 return
+            if ts.state == "queued":
+                self.queued.remove(ts)
         self.unrunnable.discard(ts)
         self._send(ts, ws)
 
@@ -267,7 +305,9 @@ class SchedulerState(EventHandlers):
         self._after_release(ts)
 
     def _queued_released(self, ts: TaskState) -> None:
-        self.unrunnable.discard(ts)  # a stale heap entry is skipped when popped
+        if ts.state == "queued":
+            self.queued.remove(ts)
+        self.unrunnable.discard(ts)
         ts.state = "released"
         self._drop_from_dependencies(ts)
         self._after_release(ts)
@@ -333,6 +373,8 @@ class SchedulerState(EventHandlers):
             ws = self._unprocess(ts)
             if ws is not None:
                 self._fill(ws)
+        elif ts.state == "queued":
+            self.queued.remove(ts)
         self.unrunnable.discard(ts)
         ts.waiting_on = None
         ts.state = "erred"
@@ -349,9 +391,16 @@ class SchedulerState(EventHandlers):
             if not self._needed(ts) and not ts.dependents:
                 self._rec(ts, "forgotten")
 
-    # ------------------------------------------------------------ memory, queue, reports
-
-    def _enter_memory(self, ts: TaskState, ws: WorkerState, nbytes: int, typename: str) -> None:
+    def _to_memory(self, ts: TaskState, ws: WorkerState, nbytes: int, typename: str = "") -> None:
+        """A result was computed on `ws`, or its data arrived there some other way."""
+        start = ts.state
+        if start == "processing":
+            self._unprocess(ts)
+        elif start == "queued":
+            self.queued.remove(ts)
+        elif start == "no-worker":
+            self.unrunnable.discard(ts)
+        ts.waiting_on = None
         ts.state = "memory"
         ts.nbytes = nbytes
         ts.typename = typename or ts.typename
@@ -375,6 +424,8 @@ class SchedulerState(EventHandlers):
                 self._unwant(ts, FIRE_AND_FORGET)
         if not self._needed(ts):
             self._rec(ts, "forgotten" if not ts.dependents else "released")
+
+    # ------------------------------------------------------------ queue, reports
 
     def _report_erred(self, ts: TaskState, only: str | None = None) -> None:
         if not ts._wants:
@@ -403,19 +454,13 @@ class SchedulerState(EventHandlers):
             self.idle.discard(ws)
 
     def _fill(self, ws: WorkerState) -> None:
+        """Hand queued tasks to `ws` while it has room."""
         queued = self.queued
         if not queued or ws.status != "running" or ws.address not in self.workers:
             return
         cap = self._cap(ws)
         while queued and len(ws.processing) < cap:
-            ts = queued.pop()
-            if ts.state == "queued":
-                self._transition_to_worker(ts, ws)
-
-    def _transition_to_worker(self, ts: TaskState, ws: WorkerState) -> None:
-        start = ts.state
-        self._send(ts, ws)
-        self.log.append((ts.key, start, "processing", self._stim, time.time()))
+            self._transition(queued.pop(), "processing", ws)
 
     def _free_on(self, ws: WorkerState, key: str) -> None:
         # In line with Compute instructions: a retry may send the same key to the same worker

@@ -6,9 +6,15 @@ empty collections, and a side dict for fields that few tasks ever set.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 FIRE_AND_FORGET = "fire-and-forget"
+
+TaskStateName = Literal[
+    "released", "waiting", "queued", "no-worker", "processing", "memory", "erred", "forgotten"
+]
+STATES: frozenset[str] = frozenset(get_args(TaskStateName))
+WorkerStatus = Literal["running", "closing_gracefully", "closed"]
 
 
 class _Rare:
@@ -59,7 +65,7 @@ class TaskState:
 
     def __init__(self, key: str, func: Any = None, args: Any = None, priority: int = 0) -> None:
         self.key = key
-        self.state = "released"
+        self.state: TaskStateName = "released"
         self.func = func
         self.args = args
         self.priority = priority
@@ -101,7 +107,7 @@ class WorkerState:
         self.occupancy = 0.0
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
-        self.status = "running"
+        self.status: WorkerStatus = "running"
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} processing={len(self.processing)}>"

@@ -74,6 +74,14 @@ class AddData:
     nbytes: dict  # keys put into the store directly (scatter) -> nbytes
 
 
+@dataclass(slots=True)
+class AcquireReplicas:
+    """The scheduler wants copies of these keys here (another worker is retiring)."""
+
+    who_has: dict  # key -> list of addresses
+    nbytes: dict  # key -> nbytes
+
+
 # ---------------------------------------------------------------- instructions
 
 
@@ -102,6 +110,7 @@ class WTask:
     __slots__ = (
         "key", "state", "func", "args", "priority", "dependencies", "dependents",
         "waiting_for", "who_has", "nbytes", "resources", "coming_from", "free_when_done",
+        "replica",
     )  # fmt: skip
 
     def __init__(self, key: str, state: str) -> None:
@@ -118,6 +127,7 @@ class WTask:
         self.resources: dict | None = None
         self.coming_from: str | None = None
         self.free_when_done = False  # the scheduler freed it while a task here still used it
+        self.replica = False  # fetched to be kept (a retiring worker's data), not as an input
 
     def __repr__(self) -> str:
         return f"<WTask {self.key!r} {self.state}>"
@@ -150,6 +160,7 @@ class WorkerState:
             GatherDone: self._gather_done,
             GatherFailed: self._gather_failed,
             AddData: self._add_data,
+            AcquireReplicas: self._acquire_replicas,
         }
 
     def handle(self, *events: Any) -> list:
@@ -315,6 +326,29 @@ class WorkerState:
             self.nbytes_in_memory += nbytes
             self._wake_dependents(ts)
 
+    def _acquire_replicas(self, ev: AcquireReplicas) -> None:
+        have = {}
+        for key, holders in ev.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = WTask(key, "fetch")
+                ts.nbytes = ev.nbytes.get(key, 0)
+            elif ts.state == "memory":  # already here: make sure the scheduler knows
+                have[key] = ts.nbytes
+                continue
+            elif ts.state == "fetch-cancelled":
+                ts.state = "flight"
+            if ts.state not in ("fetch", "flight", "missing"):
+                continue  # being computed here: it will be reported when done
+            ts.replica = True
+            ts.who_has.update(a for a in holders if a != self.address)
+            if ts.state == "missing" and ts.who_has:
+                ts.state = "fetch"
+            if ts.state == "fetch":
+                self.to_fetch.add(ts)
+        if have:
+            self._out.append(SendToScheduler({"op": "add-keys", "nbytes": have}))
+
     # ------------------------------------------------------------ helpers
 
     def _refetch(self, ts: WTask, errant: str) -> None:
@@ -327,6 +361,7 @@ class WorkerState:
             self.to_fetch.add(ts)
             return
         ts.state = "missing"
+        ts.replica = False  # nobody has it any more; the scheduler plans again
         for dep in list(ts.dependents):
             self._out.append(SendToScheduler({"op": "missing-data", "key": ts.key,
                                               "errant": errant, "dependent": dep.key}))  # fmt: skip
@@ -362,9 +397,11 @@ class WorkerState:
         """Stop planning to compute `ts`; keep it only if it is an input of something else."""
         for dts in ts.dependencies:
             dts.dependents.discard(ts)
-            if not dts.dependents and dts.state in ("fetch", "missing"):
+            if dts.dependents or dts.replica:
+                continue
+            if dts.state in ("fetch", "missing"):
                 self._forget(dts)
-            elif not dts.dependents and dts.state == "flight":
+            elif dts.state == "flight":
                 dts.state = "fetch-cancelled"
         ts.dependencies = []
         ts.waiting_for = set()
@@ -433,7 +470,7 @@ class WorkerState:
             return
         to_fetch: dict[str, list[WTask]] = {}
         for ts in list(self.to_fetch):
-            if ts.state != "fetch" or not ts.dependents:
+            if ts.state != "fetch" or not (ts.dependents or ts.replica):
                 self.to_fetch.discard(ts)
                 continue
             candidates = [w for w in ts.who_has if w not in self.in_flight_workers]
@@ -446,7 +483,7 @@ class WorkerState:
             if len(self.in_flight_workers) >= MAX_FLIGHTS:
                 break
             batch, size = [], 0
-            for ts in sorted(tss, key=lambda t: min(d.priority for d in t.dependents)):
+            for ts in sorted(tss, key=_fetch_priority):
                 if batch and size + ts.nbytes > FETCH_BATCH_BYTES:
                     break
                 batch.append(ts)
@@ -457,3 +494,8 @@ class WorkerState:
                 ts.coming_from = worker
             self.in_flight_workers[worker] = set(batch)
             self._out.append(GatherDep(worker, [ts.key for ts in batch]))
+
+
+def _fetch_priority(ts: WTask) -> int:
+    """Inputs of the most urgent task first; replicas (no task waits for them) last."""
+    return min((d.priority for d in ts.dependents), default=1 << 62)

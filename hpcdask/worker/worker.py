@@ -416,25 +416,10 @@ class Worker(Server):
         self._handle(ws.AddData(nbytes))
         return nbytes
 
-    async def _acquire_replicas(self, comm: Any, msg: dict) -> list:
-        """Copy keys from other workers (used when a worker retires)."""
-        got = []
-        for key, holders in msg["who_has"].items():
-            for holder in holders:
-                try:
-                    data = await self.pool.call(holder, "get-data", keys=[key])
-                except Exception:
-                    continue
-                if key in data:
-                    value = data[key].loads()
-                    self.data[key] = value
-                    self._handle(ws.AddData({key: sizeof(value)}))
-                    got.append(key)
-                    break
-        if got:
-            self._send({"op": "add-keys", "nbytes": {k: sizeof(self.data[k]) for k in got}})
-            await self.stream.flush()
-        return got
+    async def _acquire_replicas(self, comm: Any, msg: dict) -> None:
+        """Copy keys from other workers (one is retiring), through the same fetch machinery
+        as a task's inputs: batched per peer, limited in flight, reported as add-keys."""
+        self._handle(ws.AcquireReplicas(msg["who_has"], msg.get("nbytes") or {}))
 
     # ------------------------------------------------------------ other requests
 
