@@ -35,6 +35,9 @@ _LAZY = {
     "PBSCluster": "hpcdask.jobqueue",
     "SGECluster": "hpcdask.jobqueue",
     "initialize": "hpcdask.mpi",
+    "progress": "hpcdask.diagnostics",
+    "performance_report": "hpcdask.diagnostics",
+    "get_task_stream": "hpcdask.diagnostics",
 }
 
 

@@ -452,7 +452,27 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, SyncAs
                 f"threads={threads}, memory={memory}>")  # fmt: skip
 
     def _repr_html_(self) -> str:
-        return f"<pre>{self!r}</pre>".replace("<Client", "&lt;Client").replace(">", "&gt;", 1)
+        text = f"<pre>{self!r}</pre>".replace("<Client", "&lt;Client").replace(">", "&gt;", 1)
+        link = self.dashboard_link if self.status == "running" else None
+        if link:
+            import html
+
+            text += (f"<p>Dashboard: <a href='{html.escape(link)}' target='_blank'>"
+                     f"{html.escape(link.split('?token=')[0])}</a></p>")  # fmt: skip
+        return text
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard, with the access token derived from our secret."""
+        if self.cluster is not None and hasattr(self.cluster, "dashboard_link"):
+            return self.cluster.dashboard_link
+        info = self.scheduler_info_cache
+        if "services" not in info and not self.asynchronous and not self._in_loop():
+            info = self.scheduler_info_cache = self.scheduler_info()
+        from ..dashboard import link_from_identity
+
+        secret = self.security.secret if self.security else None
+        return link_from_identity(self.scheduler_address, info, secret)
 
 
 async def _raise_if_unreachable(address: str, timeout: float) -> None:

@@ -106,3 +106,15 @@ class ClusterOperations:
 
     def get_scheduler_logs(self, n: int | None = None) -> Any:
         return self._rpc("get-logs", n=n)
+
+    def get_worker_logs(self, n: int | None = None, workers: Any = None) -> Any:
+        """{worker address: recent log lines}, fetched from the workers now."""
+        return self._rpc("get-worker-logs", n=n, workers=_workers_list(workers))
+
+    def get_task_stream(self, start: Any = None, stop: Any = None, count: int | None = None) -> Any:
+        """Recent task runs and transfers, one dict each (see `hpcdask.get_task_stream`);
+        `start`/`stop` are `time.time()` stamps or durations ago such as '10s'."""
+        from ..diagnostics.task_stream import parse_when
+
+        return self._rpc("task-stream", start=parse_when(start), stop=parse_when(stop),
+                         count=count)  # fmt: skip

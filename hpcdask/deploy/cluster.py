@@ -13,6 +13,7 @@ import asyncio
 import html
 import math
 import time
+import weakref
 from typing import Any
 
 from ..rpc import ConnectionPool
@@ -66,6 +67,8 @@ class Cluster(SyncAsync):
         self._pool = ConnectionPool(security=self.security)
         try:
             self.scheduler = await self._start_scheduler()
+            if self._local:  # the dashboard's jobs panel reads this cluster's jobs
+                self.scheduler.cluster_ref = weakref.ref(self)
         except BaseException:
             self.status = "failed"
             await self._pool.close()
@@ -267,12 +270,25 @@ class Cluster(SyncAsync):
             "memory": sum(w["memory_limit"] for w in workers.values()),
         }
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's link, with its access token (None when the dashboard is off)."""
+        if self.scheduler is None:
+            return None
+        if self._local:
+            return self.scheduler.dashboard_link
+        from ..dashboard import link_from_identity
+
+        return link_from_identity(self.scheduler_address, self._info or {}, self.security.secret)
+
     def __repr__(self) -> str:
         if self.scheduler is None or self.status != "running":
             return f"{self.name}(status={self.status})"
         s = self._summary()
+        link = self.dashboard_link  # shown without its token: reprs end up in shared notebooks
+        dash = f", dashboard={link.split('?token=')[0]!r}" if link else ""
         return (f"{self.name}({self.scheduler_address!r}, workers={s['workers']}, "
-                f"threads={s['threads']}, memory={format_bytes(s['memory'])})")  # fmt: skip
+                f"threads={s['threads']}, memory={format_bytes(s['memory'])}{dash})")  # fmt: skip
 
     def _repr_html_(self) -> str:
         if self.scheduler is None or self.status != "running":
@@ -283,4 +299,8 @@ class Cluster(SyncAsync):
             for k, v in (("Scheduler", self.scheduler_address), ("Workers", s["workers"]),
                          ("Threads", s["threads"]), ("Memory", format_bytes(s["memory"])))
         )  # fmt: skip
+        link = self.dashboard_link
+        if link:
+            rows += (f"<tr><th style='text-align:left'>Dashboard</th><td><a href='{html.escape(link)}'"
+                     f" target='_blank'>{html.escape(link.split('?token=')[0])}</a></td></tr>")  # fmt: skip
         return f"<div><h3>{html.escape(self.name)}</h3><table>{rows}</table></div>"

@@ -48,7 +48,7 @@ class LocalCluster(SpecCluster):
         name: str | None = None,
         worker_options: dict | None = None,
         scheduler_options: dict | None = None,
-        dashboard_address: Any = None,
+        dashboard_address: Any = ":8787",
         silence_logs: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -79,7 +79,8 @@ class LocalCluster(SpecCluster):
         if protocol != "inproc" and host is None and interface is None:
             host = "127.0.0.1"  # a local cluster listens on loopback unless told otherwise
         sched = {"protocol": protocol, "host": host, "port": scheduler_port,
-                 "interface": interface, **(scheduler_options or {})}  # fmt: skip
+                 "interface": interface, "dashboard_address": dashboard_address,
+                 **(scheduler_options or {})}  # fmt: skip
         self.n_workers = n_workers
         self.threads = threads_per_worker
         self.processes = processes

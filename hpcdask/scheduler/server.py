@@ -21,6 +21,8 @@ from .. import config
 from ..comm import address_from, get_address_host
 from ..core import scheduler_events as ev
 from ..core.scheduler_state import FIRE_AND_FORGET, SchedulerState
+from ..dashboard import dashboard_link, parse_dashboard_address
+from ..dashboard import start as start_dashboard
 from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security, as_secret, new_secret, remove_secret, save_secret
@@ -46,6 +48,7 @@ class Scheduler(Server):
         scheduler_file: str | None = None,
         killed_worker_limit: int | None = None,
         inproc: bool = False,
+        dashboard_address: Any = ":8787",
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -85,6 +88,11 @@ class Scheduler(Server):
         self._workers_changed: asyncio.Event | None = None  # made in start(), on the loop
         self._finished: asyncio.Event | None = None
         self._start_lock: asyncio.Lock | None = None
+        parse_dashboard_address(dashboard_address, None)  # a bad address fails here, not later
+        self.dashboard_address = dashboard_address
+        self.dashboard: Any = None  # dashboard.server.Dashboard, started in start()
+        self.collector: Any = None  # diagnostics.collector.Collector (task stream, progress)
+        self.cluster_ref: Any = None  # weakref to the Cluster owning this scheduler, if any
         self.handlers.update({
             "register-worker": self._register_worker,
             "register-client": self._register_client,
@@ -126,8 +134,12 @@ class Scheduler(Server):
                 "type": "Scheduler", "id": self.id, "address": self.address,
                 "secret": self.security.secret.hex(),
             }))  # fmt: skip
+        await start_dashboard(self, self.dashboard_address)
         self.status = "running"
         logger.info("Scheduler at %s", self.address)
+        if self.dashboard is not None:  # without the token: logs may be readable by others
+            logger.info("Dashboard at %s (the link with its token: client.dashboard_link)",
+                        self.dashboard_link.split("?token=")[0])  # fmt: skip
         return self
 
     async def close(self, close_workers: bool = False) -> None:
@@ -395,7 +407,13 @@ class Scheduler(Server):
                 "nbytes": ws.nbytes if ws else 0,
             }  # fmt: skip
         return {"type": "Scheduler", "id": self.id, "address": self.address,
-                "workers": workers, "n_tasks": len(self.state.tasks)}  # fmt: skip
+                "workers": workers, "n_tasks": len(self.state.tasks),
+                "services": {"dashboard": self.dashboard.port} if self.dashboard else {}}  # fmt: skip
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's address with its access token (None when it is off)."""
+        return dashboard_link(self)
 
     async def _identity(self, comm: Any, msg: dict) -> dict:
         return self.identity()
