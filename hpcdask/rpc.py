@@ -189,6 +189,8 @@ class BatchedSend:
         self.comm = comm
         self.buffer: list = []
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
+        self._idle.set()
         self._closed = False
         self._task = asyncio.ensure_future(self._run())
 
@@ -196,6 +198,7 @@ class BatchedSend:
         if self._closed:
             raise CommClosedError(f"stream to {self.comm.peer_address} is closed")
         self.buffer.extend(msgs)
+        self._idle.clear()
         self._wake.set()
 
     async def _run(self) -> None:
@@ -205,25 +208,31 @@ class BatchedSend:
                 await self._wake.wait()
                 self._wake.clear()
                 if not self.buffer:
+                    self._idle.set()
                     continue
                 payload, self.buffer = self.buffer, []
                 await comm.write(dumps_plain(payload))
                 payload = None  # do not keep the last batch (and its buffers) alive
+                if not self.buffer:
+                    self._idle.set()
         except (CommClosedError, OSError):
             self._closed = True
         except asyncio.CancelledError:
             pass
+        finally:
+            self._idle.set()  # nothing more will be written: nobody should wait for it
 
     async def flush(self) -> None:
-        """Wait until everything queued so far has been handed to the comm."""
-        while self.buffer and not self._closed:
-            await asyncio.sleep(0.001)
+        """Wait until everything queued so far has been written to the comm."""
+        await self._idle.wait()
 
     async def close(self) -> None:
+        """Write what is queued (the last batch whole), then close the comm."""
         if not self._closed:
             await self.flush()
             self._closed = True
             self._wake.set()
+            await asyncio.gather(self._task, return_exceptions=True)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         await self.comm.close()
