@@ -67,7 +67,19 @@ def test_world_too_small_says_how_many_and_how_to_fix(layout, needs):
 
 def test_bad_client_rank():
     with pytest.raises(ValueError, match="client_rank"):
-        Layout(4, client_rank=2)
+        Layout(4, client_rank=-1)
+    with pytest.raises(ValueError, match="scheduler_rank"):
+        Layout(4, scheduler_rank="0")
+
+
+def test_dask_mpi_scheduler_and_client_ranks_anywhere():
+    layout = Layout(4, client_rank=3, scheduler_rank=2)
+    assert [layout.roles(r) for r in range(4)] == [{WORKER}, {WORKER}, {SCHEDULER}, {CLIENT}]
+    with pytest.raises(WorldTooSmallError, match="at least 4 .*client on rank 3"):
+        Layout(3, client_rank=3, scheduler_rank=2).check()
+    joining = Layout(2, client_rank=None, scheduler_rank=None)  # --no-scheduler
+    assert joining.worker_ranks == [0, 1]
+    joining.check()
 
 
 def test_missing_mpi4py_says_what_to_install():

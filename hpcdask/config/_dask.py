@@ -10,6 +10,7 @@ optional: nothing here runs unless a batch cluster asks, and without dask there 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 from ._schema import normalize
@@ -34,6 +35,19 @@ def _packaged_defaults(section: str) -> dict:
     return out
 
 
+def _paths() -> list[str]:
+    """dask's config folders, with ~/.config/dask and $DASK_CONFIG read now (dask fixes them
+    when it is imported, which may be long before the cluster is made)."""
+    import dask.config
+
+    now = [os.path.join(os.path.expanduser("~"), ".config", "dask"), os.environ.get("DASK_CONFIG")]
+    out: list[str] = []
+    for p in [*dask.config.paths, *now]:
+        if p and p not in out:
+            out.append(p)
+    return out
+
+
 def _section(tree: Any, section: str) -> dict:
     block = (tree.get("jobqueue") or {}).get(section) if isinstance(tree, dict) else None
     return {normalize(k): v for k, v in block.items()} if isinstance(block, dict) else {}
@@ -50,13 +64,12 @@ def jobqueue_section(section: str) -> dict | None:
         return None
     import dask.config
 
-    out = _section(dask.config.collect(), section)  # files and DASK_* variables
+    out = _section(dask.config.collect(paths=_paths()), section)  # files and DASK_* variables
     packaged = _packaged_defaults(section)
     for key, value in _section(dask.config.config, section).items():
-        if key in out and out[key] != value:
-            out[key] = value  # dask.config.set over a file's value
-        elif key not in out and not (key in packaged and packaged[key] == value):
-            out[key] = value
+        if value is None or (key in packaged and packaged[key] == value):
+            continue  # a default, or the live config has not seen a file written since
+        out[key] = value  # dask.config.set (or a file read when dask was imported)
     out = {k: v for k, v in out.items() if v is not None}
     if out.get("worker-command") in DASK_WORKER_COMMANDS:
         del out["worker-command"]

@@ -271,6 +271,11 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
         )
     if system == "pbs" and ctx.get("resource_spec"):
         ctx["resources"] = [ctx["resource_spec"]]
+    elif system == "pbs" and opts.get("qstat_flavour") == "torque":  # Torque has no select
+        ctx["resources"] = [
+            "nodes=1:ppn={{ job_cpu }}{% if job_mem %},mem={{ job_mem }}{% endif %}"
+            if str(r).startswith("select=") else r for r in ctx.get("resources") or []
+        ]  # fmt: skip
     env = environment(opts.get("template_dir"))
     for key in ("resource_spec", "job_extra_directives", "resources"):  # may use {{ cores }} etc.
         value = ctx.get(key)

@@ -5,12 +5,13 @@ mpirun (see `core.py`). mpi4py is only imported when one of them runs.
 """
 
 from ._world import MPIUnavailableError, WorldTooSmallError, WorldTooSmallException
-from .core import initialize, send_close_signal
+from .core import execute, initialize, send_close_signal
 
 __all__ = [
     "MPIUnavailableError",
     "WorldTooSmallError",
     "WorldTooSmallException",
+    "execute",
     "initialize",
     "send_close_signal",
 ]

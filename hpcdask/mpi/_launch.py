@@ -19,7 +19,7 @@ from typing import Any
 from hpcdask.utils.loop import get_loop_thread
 
 from ._servers import RankServers
-from ._world import WORKER, Layout
+from ._world import WORKER, Layout, workers_on_this_node
 
 logger = logging.getLogger("hpcdask.mpi")
 
@@ -42,13 +42,19 @@ class Contact:
         return Security(secret=self.secret)
 
 
-def bootstrap(comm, servers: RankServers) -> Contact:
-    """Rank 0 starts the scheduler and broadcasts its contact; every rank returns it."""
-    if comm.Get_rank() != 0:
-        payload = comm.bcast(None, root=0)
+def bootstrap(comm, layout: Layout, servers: RankServers) -> Contact:
+    """The scheduler's rank starts it and broadcasts its contact; every rank returns it.
+
+    Without a scheduler rank (`--no-scheduler`) each rank finds the existing scheduler itself,
+    from its address or scheduler file, and its secret as any worker would."""
+    root = layout.scheduler_rank
+    if root is None:
+        return _existing_scheduler(servers.options)
+    if comm.Get_rank() != root:
+        payload = comm.bcast(None, root=root)
         if "error" in payload:
             raise SchedulerStartError(
-                f"the scheduler on rank 0 failed to start: {payload['error']}"
+                f"the scheduler on rank {root} failed to start: {payload['error']}"
             )
         return Contact(payload["address"], payload["secret"])
     try:
@@ -58,16 +64,42 @@ def bootstrap(comm, servers: RankServers) -> Contact:
         address = get_loop_thread().run_sync(servers.start_scheduler(contact.security))
         contact = Contact(address, contact.secret)
     except BaseException as exc:
-        comm.bcast({"error": f"{type(exc).__name__}: {exc}"}, root=0)
+        comm.bcast({"error": f"{type(exc).__name__}: {exc}"}, root=root)
         raise
-    comm.bcast({"address": contact.address, "secret": contact.secret}, root=0)
+    comm.bcast({"address": contact.address, "secret": contact.secret}, root=root)
     return contact
+
+
+def _existing_scheduler(options: Any) -> Contact:
+    from hpcdask.comm import normalize_address
+    from hpcdask.security import resolve_secret
+
+    secret = None
+    address = options.scheduler_address
+    if options.scheduler_file and not address:
+        from hpcdask.utils.schedfile import wait_for_scheduler_file
+
+        address, secret = wait_for_scheduler_file(options.scheduler_file, 60)
+    if not address:
+        raise SchedulerStartError(
+            "--no-scheduler needs the scheduler's ADDRESS or --scheduler-file to join"
+        )
+    address = normalize_address(address)
+    return Contact(address, secret or resolve_secret(address))
+
+
+def _share_node(comm, layout: Layout, servers: RankServers) -> None:
+    """Collective, on every rank alike: how many workers share this node (for the "auto"s)."""
+    o = servers.options
+    if o.memory_limit == "auto" or o.nthreads is None:
+        servers.node_workers = workers_on_this_node(comm, layout)
 
 
 def start_rank(comm, layout: Layout, servers: RankServers) -> Contact:
     """Run the bootstrap and start this rank's worker if it has one."""
     layout.check()
-    contact = bootstrap(comm, servers)
+    _share_node(comm, layout, servers)
+    contact = bootstrap(comm, layout, servers)
     if WORKER in layout.roles(servers.rank):
         get_loop_thread().run_sync(servers.start_worker(contact.address, contact.security))
     return contact
@@ -140,7 +172,8 @@ def run_server_rank(comm, layout: Layout, servers: RankServers) -> None:
         with _Signals() as signals:
             try:
                 layout.check()
-                contact = bootstrap(comm, servers)
+                _share_node(comm, layout, servers)
+                contact = bootstrap(comm, layout, servers)
                 signals.stop_deferring()
                 if WORKER in layout.roles(servers.rank):
                     _run_cancellable(servers.start_worker(contact.address, contact.security))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +26,8 @@ class Options:
 
     interface: str | None = None
     protocol: str | None = None
-    nthreads: int = 1
-    memory_limit: Any = "auto"
+    nthreads: int | None = 1  # None: this node's cores shared among its worker ranks
+    memory_limit: Any = "auto"  # "auto": this node's memory shared among its worker ranks
     local_directory: str | None = None
     scheduler_port: int = 0
     scheduler_file: str | None = None
@@ -33,6 +35,9 @@ class Options:
     nanny: bool = False
     worker_class: Any = None
     worker_options: dict = field(default_factory=dict)
+    dashboard: bool = True
+    dashboard_address: Any = ":8787"
+    scheduler_address: str | None = None  # an existing scheduler (no scheduler rank)
 
 
 def resolve_worker_class(worker_class: Any, nanny: bool):
@@ -65,6 +70,7 @@ class RankServers:
         self.rank = rank
         self.scheduler = None
         self.worker = None
+        self.node_workers = 1  # worker ranks on this node (set by the launcher)
 
     def worker_name(self) -> str | int:
         return f"{self.options.name}-{self.rank}" if self.options.name else self.rank
@@ -73,22 +79,29 @@ class RankServers:
         from hpcdask.scheduler import Scheduler
 
         o = self.options
+        extra = {}
+        if "dashboard_address" in inspect.signature(Scheduler).parameters:
+            extra["dashboard_address"] = o.dashboard_address if o.dashboard else None
         self.scheduler = await Scheduler(
-            port=o.scheduler_port,
+            port=o.scheduler_port or 0,
             interface=o.interface,
             protocol=o.protocol,
             security=security,
             scheduler_file=o.scheduler_file,
+            **extra,
         )
         return self.scheduler.address
 
     async def start_worker(self, address: str, security) -> None:
         o = self.options
         cls = resolve_worker_class(o.worker_class, o.nanny)
+        share = max(1, self.node_workers)
+        memory_limit = 1 / share if o.memory_limit == "auto" else o.memory_limit
+        nthreads = o.nthreads or max(1, (os.cpu_count() or 1) // share)
         kwargs = dict(
-            nthreads=o.nthreads,
+            nthreads=nthreads,
             name=self.worker_name(),
-            memory_limit=o.memory_limit,
+            memory_limit=memory_limit,
             local_directory=o.local_directory,
             security=security,
             interface=o.interface,

@@ -7,6 +7,7 @@ The job ends when the cluster is shut down (`client.shutdown()`) or mpirun is si
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -17,46 +18,69 @@ from ._servers import Options, RankServers
 from ._world import Layout, MPIUnavailableError, WorldTooSmallError, load_mpi
 
 
+def _worker_options(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--worker-options") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("give a JSON object, e.g. '{\"lifetime\": 3600}'",
+                                 param_hint="--worker-options")  # fmt: skip
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("scheduler_address", required=False)
 @click.option(
     "--scheduler-file", default=None, help="Write address and secret here (0600) for clients."
 )
-@click.option(
-    "--scheduler-port", type=int, default=0, show_default=True, help="0 picks a free port."
-)
+@click.option("--scheduler-port", type=int, default=0, show_default=True,
+              help="0 picks a free port.")  # fmt: skip
+@click.option("--scheduler-rank", type=int, default=0, show_default=True,
+              help="The rank that runs the scheduler.")  # fmt: skip
+@click.option("--scheduler/--no-scheduler", default=True, show_default=True,
+              help="--no-scheduler: every rank is a worker joining the scheduler at "
+              "SCHEDULER_ADDRESS or --scheduler-file (to grow an existing cluster).")  # fmt: skip
 @click.option("--interface", default=None, help="Network interface to use, such as ib0 or eth0.")
 @click.option("--protocol", default=None, help="Transport, such as tcp (the default) or ucx.")
-@click.option("--nthreads", type=int, default=1, show_default=True, help="Threads per worker.")
-@click.option(
-    "--memory-limit", default="auto", show_default=True, help="Bytes, '4GB', fraction or auto."
-)
+@click.option("--nthreads", type=int, default=None,
+              help="Threads per worker [default: the node's cores shared among its workers].")  # fmt: skip
+@click.option("--memory-limit", default="auto", show_default=True,
+              help="Bytes, '4GB', fraction, or auto (the node's memory shared among its workers).")  # fmt: skip
 @click.option("--local-directory", default=None, help="Directory for worker scratch files.")
-@click.option("--name", default=None, help="Worker name prefix: workers are named NAME-RANK.")
+@click.option("--name", default=None,
+              help="Worker name prefix: workers are named NAME-RANK [default: the rank, an int].")  # fmt: skip
 @click.option(
     "--nanny/--no-nanny",
     default=True,
     show_default=True,
     help="Run each worker in a child process that a nanny restarts if it dies.",
 )
+@click.option("--worker-class", default=None,
+              help="distributed.Nanny / distributed.Worker (their hpcdask equivalents), or a "
+              "dotted name of your own class [default: Nanny, or Worker with --no-nanny].")  # fmt: skip
+@click.option("--worker-options", default=None,
+              help="JSON object of more keyword arguments for each worker.")  # fmt: skip
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
+              help="Serve the scheduler's dashboard.")  # fmt: skip
+@click.option("--dashboard-address", default=":8787", show_default=True,
+              help="Where the dashboard listens.")  # fmt: skip
 @click.option(
     "--exclusive-workers/--inclusive-workers",
     default=True,
     show_default=True,
-    help="--inclusive-workers also runs a worker on the scheduler's rank 0.",
+    help="--inclusive-workers also runs a worker on the scheduler's rank.",
 )
-def main(
-    scheduler_file,
-    scheduler_port,
-    interface,
-    protocol,
-    nthreads,
-    memory_limit,
-    local_directory,
-    name,
-    nanny,
-    exclusive_workers,
-):
+def main(scheduler_address, scheduler_file, scheduler_port, scheduler_rank, scheduler, interface,
+         protocol, nthreads, memory_limit, local_directory, name, nanny, worker_class,
+         worker_options, dashboard, dashboard_address, exclusive_workers):  # fmt: skip
     """Start an hpcdask cluster over the ranks of an MPI job: mpirun -n N hpcdask-mpi"""
+    if scheduler_address and scheduler:
+        raise click.UsageError(
+            "SCHEDULER_ADDRESS is for joining an existing scheduler: add --no-scheduler"
+        )
     options = Options(
         interface=interface,
         protocol=protocol,
@@ -67,15 +91,21 @@ def main(
         scheduler_file=scheduler_file,
         name=name,
         nanny=nanny,
+        worker_class=worker_class,
+        worker_options=_worker_options(worker_options),
+        dashboard=dashboard,
+        dashboard_address=dashboard_address,
+        scheduler_address=scheduler_address,
     )
     try:
         MPI = load_mpi()
         comm = MPI.COMM_WORLD
         _setup_logging(comm.Get_rank())
-        layout = Layout(comm.Get_size(), client_rank=None, exclusive_workers=exclusive_workers)
+        layout = Layout(comm.Get_size(), client_rank=None, exclusive_workers=exclusive_workers,
+                        scheduler_rank=scheduler_rank if scheduler else None)  # fmt: skip
         run_server_rank(comm, layout, RankServers(options, comm.Get_rank()))
-    except (MPIUnavailableError, WorldTooSmallError, SchedulerStartError) as exc:
-        raise click.ClickException(str(exc))
+    except (MPIUnavailableError, WorldTooSmallError, SchedulerStartError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _setup_logging(rank: int) -> None:

@@ -48,7 +48,8 @@ def initialize(
     """Start an hpcdask cluster across the ranks of an MPI job.
 
     The positional parameters are dask-mpi's, in its order, so switching is an import change.
-    `dashboard` and `dashboard_address` are accepted for that reason and ignored.
+    `memory_limit="auto"` gives each worker its share of its node's memory (dask-mpi gives
+    each the whole node).
 
     Rank 0 runs the scheduler. The client rank (`client_rank`, 1 by default, or 0 to share rank 0
     with the scheduler so every other rank is a worker) returns True, with `Client()` able to find
@@ -75,6 +76,8 @@ def initialize(
         nanny=nanny,
         worker_class=worker_class,
         worker_options=dict(worker_options or {}),
+        dashboard=dashboard,
+        dashboard_address=dashboard_address,
     )
     servers = RankServers(options, comm.Get_rank())
     if CLIENT not in layout.roles(servers.rank):
@@ -90,6 +93,67 @@ def initialize(
     if wait_for_workers is not None:
         _wait_for_workers(contact, len(layout.worker_ranks), wait_for_workers)
     return True
+
+
+def execute(
+    client_function: Any = None,
+    client_args: tuple = (),
+    client_kwargs: dict | None = None,
+    client_rank: int = 1,
+    scheduler: bool = True,
+    scheduler_rank: int = 0,
+    scheduler_address: str | None = None,
+    scheduler_port: int | None = None,
+    scheduler_file: str | None = None,
+    interface: str | None = None,
+    nthreads: int = 1,
+    local_directory: str | None = "",
+    memory_limit: Any = "auto",
+    nanny: bool = False,
+    dashboard: bool = True,
+    dashboard_address: str = ":8787",
+    protocol: str | None = None,
+    exclusive_workers: bool = True,
+    worker_class: Any = "distributed.Worker",
+    worker_options: dict | None = None,
+    worker_name: str | None = None,
+    comm: Any = None,
+) -> None:
+    """dask-mpi's `execute`: run `client_function(*client_args, **client_kwargs)` on
+    `client_rank` against a cluster made of the other ranks, then shut it down.
+
+    Every rank returns once the cluster is shut down (nothing calls sys.exit). With
+    `scheduler=False` the job joins the scheduler at `scheduler_address` (or
+    `scheduler_file`) and no rank starts one. Workers are named by rank (`worker_name-RANK`
+    with a prefix). A client function that raises still shuts the cluster down, then the
+    exception propagates on its rank.
+    """
+    MPI = load_mpi()
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    with_client = callable(client_function)
+    layout = Layout(comm.Get_size(), client_rank=client_rank if with_client else None,
+                    exclusive_workers=exclusive_workers,
+                    scheduler_rank=scheduler_rank if scheduler else None)  # fmt: skip
+    options = Options(
+        interface=interface, protocol=protocol, nthreads=nthreads, memory_limit=memory_limit,
+        local_directory=local_directory or None, scheduler_port=scheduler_port or 0,
+        scheduler_file=scheduler_file, name=worker_name, nanny=nanny, worker_class=worker_class,
+        worker_options=dict(worker_options or {}), dashboard=dashboard,
+        dashboard_address=dashboard_address, scheduler_address=scheduler_address,
+    )  # fmt: skip
+    servers = RankServers(options, comm.Get_rank())
+    if CLIENT not in layout.roles(servers.rank):
+        run_server_rank(comm, layout, servers)
+        return
+    global _contact
+    contact = start_rank(comm, layout, servers)
+    _contact = contact
+    _publish(contact)
+    try:
+        client_function(*client_args, **(client_kwargs or {}))
+    finally:
+        send_close_signal()
+        get_loop_thread().run_sync(servers.close(), timeout=30)
 
 
 def send_close_signal() -> None:
