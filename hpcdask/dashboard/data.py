@@ -36,10 +36,9 @@ def worker_rows(s: Any) -> list[dict]:
 
 def status(s: Any, c: Any, since: int, tsince: int) -> dict:
     """The status page: workers, progress per prefix, new task-stream entries."""
-    cursor, records = c.since(since) if since >= 0 else c.since(max(0, c.count - 5000))
-    tcursor, transfers = c.transfers_since(
-        tsince if tsince >= 0 else max(0, c.transfer_count - 500)
-    )
+    # A page that just opened gets the last 30 s or so; then only what is new.
+    cursor, records = c.since(since if since >= 0 else max(0, c.tasks.count - 20_000))
+    tcursor, transfers = c.transfers_since(tsince if tsince >= 0 else 0)
     counts = c.counts()
     progress = []
     for prefix, by_state in counts.items():

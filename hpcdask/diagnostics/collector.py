@@ -44,18 +44,56 @@ def _hexish(word: str) -> bool:
     return all(c in "0123456789abcdef" for c in word)
 
 
+class RecordLog:
+    """Records as the workers sent them, one batch per worker per poll, newest last.
+
+    Nothing is converted on arrival (a poll at 20,000 tasks/s must stay cheap); readers convert
+    the few they need. Past `maxlen` records the oldest batches are dropped.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        self.batches: deque = deque()  # (index of first row, worker, clock offset, rows)
+        self.count = 0  # rows ever added: the cursor pages ask "since"
+        self.size = 0
+        self.maxlen = maxlen
+
+    def add(self, worker: str, offset: float, rows: list) -> None:
+        if not rows:
+            return
+        self.batches.append((self.count, worker, offset, rows))
+        self.count += len(rows)
+        self.size += len(rows)
+        while self.size - len(self.batches[0][3]) >= self.maxlen:
+            self.size -= len(self.batches.popleft()[3])
+
+    def since(self, cursor: int, limit: int | None = None) -> list[tuple[str, float, list]]:
+        """(worker, offset, row) for rows after `cursor`, oldest first; past `limit` rows an
+        evenly spaced sample of them (a page cannot draw 20,000 tasks a second anyway)."""
+        picked = []
+        n = 0
+        for batch in reversed(self.batches):
+            if batch[0] + len(batch[3]) <= cursor:
+                break
+            picked.append(batch)
+            n += len(batch[3])
+        step = max(1, -(-n // limit)) if limit else 1
+        out = []
+        for first, worker, offset, rows in reversed(picked):
+            start = max(0, cursor - first)
+            start += (-(first + start)) % step  # the same global stride across batches
+            out.extend((worker, offset, row) for row in rows[start::step])
+        return out
+
+
 class Collector(SchedulerPlugin):
     name = "hpcdask-diagnostics"
 
     def __init__(self, interval: float = 1.0, maxlen: int = 100_000) -> None:
         self.interval = interval
         self.scheduler: Any = None
-        self.records: deque = deque(maxlen=maxlen)  # (key, prefix, worker, lane, start, stop, ok)
-        self.count = 0  # records ever appended: the cursor pages ask "since"
-        self.transfers: deque = deque(
-            maxlen=maxlen // 4
-        )  # (worker, source, nkeys, nbytes, start, stop)
-        self.transfer_count = 0
+        self.tasks = RecordLog(maxlen)  # rows: (key, thread ident, start, stop, ok)
+        self.transfers = RecordLog(maxlen // 4)  # rows: (source, nkeys, nbytes, start, stop)
+        self._prefixes: dict[str, str] = {}
         self.memory: deque = deque(maxlen=3600)  # (time, {worker: (managed, rss, limit)})
         self.bytes_received: dict[str, int] = {}
         self.lanes: dict[str, dict[int, int]] = {}
@@ -144,19 +182,36 @@ class Collector(SchedulerPlugin):
             self._sample_memory()
 
     def _add(self, worker: str, reply: dict) -> None:
-        offset = reply["offset"]
-        lanes = self.lanes.setdefault(worker, {})
-        records = self.records
-        for key, ident, start, stop, ok in reply["tasks"]:
-            lane = lanes.get(ident)
-            if lane is None:
-                lane = lanes[ident] = len(lanes)
-            records.append((key, key_prefix(key), worker, lane, start + offset, stop + offset, ok))
-        self.count += len(reply["tasks"])
-        for source, nkeys, nbytes, start, stop in reply["transfers"]:
-            self.transfers.append((worker, source, nkeys, nbytes, start + offset, stop + offset))
-        self.transfer_count += len(reply["transfers"])
+        self.tasks.add(worker, reply["offset"], reply["tasks"])
+        self.transfers.add(worker, reply["offset"], reply["transfers"])
         self.bytes_received[worker] = reply.get("bytes_received", 0)
+
+    def prefix(self, key: str) -> str:
+        """`key_prefix`, cached per key stem ('inc' for every 'inc-<hash>')."""
+        stem = key.rpartition("-")[0] or key
+        p = self._prefixes.get(stem)
+        if p is None:
+            if len(self._prefixes) > 50_000:
+                self._prefixes.clear()
+            p = self._prefixes[stem] = key_prefix(key)
+        return p
+
+    def task_record(self, worker: str, offset: float, row: list) -> tuple:
+        """(key, prefix, worker, lane, start, stop, ok), times in `time.time()` seconds."""
+        key, ident, start, stop, ok = row
+        lanes = self.lanes.get(worker)
+        if lanes is None:
+            lanes = self.lanes[worker] = {}
+        lane = lanes.get(ident)
+        if lane is None:
+            lane = lanes[ident] = len(lanes)
+        return (key, self.prefix(key), worker, lane, start + offset, stop + offset, ok)
+
+    @staticmethod
+    def transfer_record(worker: str, offset: float, row: list) -> tuple:
+        """(worker, source, nkeys, nbytes, start, stop)."""
+        source, nkeys, nbytes, start, stop = row
+        return (worker, source, nkeys, nbytes, start + offset, stop + offset)
 
     def _sample_memory(self) -> None:
         s = self.scheduler
@@ -175,7 +230,9 @@ class Collector(SchedulerPlugin):
             return self._counts
         t0 = time.perf_counter()
         counts: dict[str, dict[str, int]] = {}
-        prefixes: dict[str, str] = {}  # one prefix per stem: 'inc' for every 'inc-<hash>'
+        prefixes = self._prefixes  # one prefix per stem: 'inc' for every 'inc-<hash>'
+        if len(prefixes) > 50_000:
+            prefixes.clear()
         for key, ts in self.scheduler.state.tasks.items():
             stem = key.rpartition("-")[0] or key
             prefix = prefixes.get(stem)
@@ -192,31 +249,25 @@ class Collector(SchedulerPlugin):
 
     # ------------------------------------------------------------ queries
 
-    def since(self, cursor: int, limit: int = 20_000) -> tuple[int, list]:
-        """(new cursor, records appended after `cursor`), at most the newest `limit`."""
-        new = min(self.count - cursor, len(self.records), limit)
-        if new <= 0:
-            return self.count, []
-        n = len(self.records)
-        return self.count, [self.records[i] for i in range(n - new, n)]
+    def since(self, cursor: int, limit: int | None = 2_000) -> tuple[int, list]:
+        """(new cursor, task records after `cursor`; a sample of them past `limit`)."""
+        rec = self.task_record
+        return self.tasks.count, [rec(*r) for r in self.tasks.since(cursor, limit)]
 
-    def transfers_since(self, cursor: int, limit: int = 5_000) -> tuple[int, list]:
-        new = min(self.transfer_count - cursor, len(self.transfers), limit)
-        if new <= 0:
-            return self.transfer_count, []
-        n = len(self.transfers)
-        return self.transfer_count, [self.transfers[i] for i in range(n - new, n)]
+    def transfers_since(self, cursor: int, limit: int | None = 1_000) -> tuple[int, list]:
+        rec = self.transfer_record
+        return self.transfers.count, [rec(*r) for r in self.transfers.since(cursor, limit)]
 
     def task_stream(self, start: float | None = None, stop: float | None = None,
                     count: int | None = None) -> list[dict]:  # fmt: skip
         """Task runs (and transfers) as dicts, oldest first, as `Client.get_task_stream`."""
         out = []
-        for key, prefix, worker, lane, t0, t1, ok in self.records:
+        for key, prefix, worker, lane, t0, t1, ok in self.since(0, None)[1]:
             if (start is None or t0 >= start) and (stop is None or t1 <= stop):
                 out.append({"key": key, "prefix": prefix, "worker": worker, "thread": lane,
                             "status": "OK" if ok else "error", "start": t0, "stop": t1,
                             "startstops": [{"action": "compute", "start": t0, "stop": t1}]})  # fmt: skip
-        for worker, source, nkeys, nbytes, t0, t1 in self.transfers:
+        for worker, source, nkeys, nbytes, t0, t1 in self.transfers_since(0, None)[1]:
             if (start is None or t0 >= start) and (stop is None or t1 <= stop):
                 out.append({"key": f"transfer-{source}", "prefix": "transfer", "worker": worker,
                             "thread": None, "status": "OK", "start": t0, "stop": t1,
