@@ -22,7 +22,7 @@ from .client import (
 from .client.client import default_client as get_client
 from .core.exceptions import FutureCancelledError, KilledWorker
 from .deploy import Cluster, LocalCluster, SpecCluster
-from .plugins import SchedulerPlugin, WorkerPlugin
+from .plugins import PipInstall, SchedulerPlugin, UploadDirectory, WorkerPlugin
 from .scheduler import Scheduler
 from .security import Security
 from .worker import Nanny, Worker, get_worker
@@ -35,6 +35,7 @@ _LAZY = {
     "PBSCluster": "hpcdask.jobqueue",
     "SGECluster": "hpcdask.jobqueue",
     "initialize": "hpcdask.mpi",
+    "SSHCluster": "hpcdask.deploy.ssh",
     "progress": "hpcdask.diagnostics",
     "performance_report": "hpcdask.diagnostics",
     "get_task_stream": "hpcdask.diagnostics",
@@ -54,7 +55,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Cluster", "Future",
     "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny", "Scheduler",
-    "SchedulerPlugin", "Security", "SpecCluster", "Worker", "WorkerPlugin", "as_completed",
+    "PipInstall", "SchedulerPlugin", "Security", "SpecCluster", "UploadDirectory", "Worker",
+    "WorkerPlugin", "as_completed",
     "fire_and_forget", "futures_of",
     "get_client", "get_worker", "wait", *_LAZY,
 ]  # fmt: skip

@@ -26,6 +26,7 @@ from . import graph as graphs
 from .collections import CollectionsMixin, current_client, drop_default, make_default
 from .data import DataMovement
 from .datasets import Datasets
+from .environment import WorkerEnvironment
 from .future import Future, FutureState
 from .operations import ClusterOperations
 from .structures import (
@@ -54,7 +55,8 @@ def _func_name(func: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, SyncAsync):
+class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, WorkerEnvironment,
+             SyncAsync):  # fmt: skip
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
