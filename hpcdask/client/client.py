@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import config
 from ..comm import connect, normalize_address
+from ..protocol.records import GraphTask
 from ..protocol.serialize import Pickled
 from ..protocol.taskspec import FunctionCache, dumps_args
 from ..rpc import BatchedSend, ConnectionPool, RemoteError
@@ -273,7 +274,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         return f"{_func_name(func)}-{self._key_base}{self._key_seq:x}"
 
     def _make_task(self, func: Any, args: tuple, kwargs: dict, key: str | None, pure: bool,
-                   opts: dict, funcs: dict) -> list:  # fmt: skip
+                   opts: dict, funcs: dict) -> GraphTask:  # fmt: skip
         fid, pickled = self._funcs.dumps(func)
         if fid not in self._funcs_sent:
             funcs[fid] = pickled
@@ -285,9 +286,9 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
                 key = f"{_func_name(func)}-{h.hexdigest()}"
             else:
                 key = self._new_key(func)
-        return [key, fid, payload, deps, opts.get("priority") or 0, opts.get("retries") or 0,
-                _workers_list(opts.get("workers")), opts.get("resources"),
-                bool(opts.get("allow_other_workers"))]  # fmt: skip
+        return GraphTask(key, fid, payload, deps, opts.get("priority") or 0,
+                         opts.get("retries") or 0, _workers_list(opts.get("workers")),
+                         opts.get("resources"), bool(opts.get("allow_other_workers")))  # fmt: skip
 
     def _send_graph(self, tasks: list, funcs: dict, wanted: list[str]) -> None:
         """Send tasks; the caller holds Futures for `wanted` first so no report is missed.
@@ -303,7 +304,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         for i in range(0, len(tasks), GRAPH_CHUNK):
             chunk = tasks[i : i + GRAPH_CHUNK]
             self._send({"op": "update-graph", "tasks": chunk, "funcs": funcs if i == 0 else {},
-                        "wanted": [t[0] for t in chunk if t[0] in wanted_set]})  # fmt: skip
+                        "wanted": [t.key for t in chunk if t.key in wanted_set]})  # fmt: skip
 
     def submit(self, func: Callable, *args: Any, key: str | None = None, pure: bool = True,
                **kwargs: Any) -> Future:  # fmt: skip
@@ -317,10 +318,10 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
             return Future(key, self)
         funcs: dict = {}
         task = self._make_task(func, args, kwargs, key, pure, opts, funcs)
-        if task[0] in self._states:
-            return Future(task[0], self)
-        future = Future(task[0], self)
-        self._send_graph([task], funcs, [task[0]])
+        if task.key in self._states:
+            return Future(task.key, self)
+        future = Future(task.key, self)
+        self._send_graph([task], funcs, [task.key])
         return future
 
     def map(self, func: Callable, *iterables: Iterable, key: str | list | None = None,
@@ -346,14 +347,14 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         for args, k in zip(items, keys):
             task = self._make_task(func, args, kwargs, k, pure, opts, funcs)
             if isinstance(key, str):
-                task[0] = f"{key}-{task[0].rsplit('-', 1)[-1]}"
-            out_keys.append(task[0])
-            if task[0] not in seen and task[0] not in self._states:
-                seen.add(task[0])
+                task = task._replace(key=f"{key}-{task.key.rsplit('-', 1)[-1]}")
+            out_keys.append(task.key)
+            if task.key not in seen and task.key not in self._states:
+                seen.add(task.key)
                 tasks.append(task)
         futures = [Future(k, self) for k in out_keys]
         if tasks:
-            self._send_graph(tasks, funcs, [t[0] for t in tasks])
+            self._send_graph(tasks, funcs, [t.key for t in tasks])
         return futures
 
     async def _get_results(self, keys: Any, wanted: list, futures: list) -> Any:

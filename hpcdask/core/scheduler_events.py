@@ -10,28 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.records import GraphTask
+
 # ---------------------------------------------------------------- events
 
 
-@dataclass(slots=True)
-class NewTask:
-    """One task of a graph update. `dependencies` are keys; `func`/`args` are opaque."""
-
-    key: str
-    func: Any = None
-    args: Any = None
-    dependencies: tuple = ()
-    priority: int = 0  # user priority: higher runs first
-    retries: int = 0
-    workers: tuple | None = None  # addresses, names or hostnames
-    resources: dict | None = None
-    allow_other_workers: bool = False
+# One task of a graph update: the wire record itself (read without a copy), so its layout is
+# written in one place. `dependencies` are keys; `func`/`args` are opaque.
+NewTask = GraphTask
 
 
 @dataclass(slots=True)
 class UpdateGraph:
     client: str
-    tasks: list  # list[NewTask], in the order the client wants them run when all else is equal
+    tasks: list  # list[NewTask] (GraphTask records), in the order the client wants them run when all else is equal
     wanted: list  # keys the client holds futures for
     stimulus_id: str = ""  # logged in the story; the server names the message and its peer
 

@@ -47,12 +47,14 @@ class EventHandlers(_Base):
         tasks = self.tasks
         new: list[TaskState] = []
         new_set: set[TaskState] = set()
+        fids = self._fids  # one string per function, not one per task
         for nt in ev.tasks:
             if nt.key in tasks:
                 continue
-            prio = -nt.priority * (1 << 48) + self._next_seq()
-            ts = TaskState(nt.key, nt.func, nt.args, prio)
-            ts.retries = nt.retries
+            prio = -(nt.priority or 0) * (1 << 48) + self._next_seq()
+            func = fids.setdefault(nt.func, nt.func) if type(nt.func) is str else nt.func
+            ts = TaskState(nt.key, func, nt.args, prio)
+            ts.retries = nt.retries or 0
             if nt.workers:
                 ts.worker_restrictions = set(nt.workers)
             if nt.resources:
@@ -367,6 +369,7 @@ class EventHandlers(_Base):
         self.unrunnable.clear()
         self.idle.clear()
         self.retiring.clear()
+        self._fids.clear()
         self.durations.clear()
         self.avg_duration = self.default_duration
         self._recs.clear()

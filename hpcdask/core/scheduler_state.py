@@ -80,6 +80,7 @@ class SchedulerState(EventHandlers):
         self.idle: set[WorkerState] = set()
         self.retiring: dict[str, WorkerState] = {}  # closing gracefully, handing data over
         self.durations: dict[Any, float] = {}
+        self._fids: dict[str, str] = {}  # interned function ids
         self.avg_duration = default_duration
         self.default_duration = default_duration
         self.buffer_seconds = buffer_seconds

@@ -23,6 +23,8 @@ from ..core import scheduler_events as ev
 from ..core.scheduler_state import FIRE_AND_FORGET, SchedulerState
 from ..dashboard import dashboard_link, parse_dashboard_address
 from ..dashboard import start as start_dashboard
+from ..protocol import records as rec
+from ..protocol.records import read
 from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security, as_secret, new_secret, remove_secret, save_secret
@@ -70,7 +72,6 @@ class Scheduler(Server):
         self.inproc_address: str | None = None
         self._want_inproc = inproc and not self.listen_address.startswith("inproc")
         self._inline: dict[str, Any] = {}
-        self._fid_intern: dict[str, str] = {}
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict] = {}
@@ -203,13 +204,13 @@ class Scheduler(Server):
                 sent = self.funcs_sent[ins.worker]
                 if ins.func not in sent:
                     sent.add(ins.func)
-                    bs.send(["func", ins.func, self.funcs.get(ins.func)])
-                bs.send(["compute", ins.key, ins.func, ins.args, ins.who_has, ins.nbytes,
-                         ins.priority, ins.resources])  # fmt: skip
+                    bs.send(rec.Func(rec.FUNC, ins.func, self.funcs.get(ins.func)))
+                bs.send(rec.Compute(rec.COMPUTE, ins.key, ins.func, ins.args, ins.who_has,
+                                    ins.nbytes, ins.priority, ins.resources))  # fmt: skip
             elif kind is ev.FreeKeys:
                 bs = send_worker(ins.worker)
                 if bs is not None and not bs.closed():
-                    bs.send(["free", ins.keys])
+                    bs.send(rec.Free(rec.FREE, ins.keys))
             elif kind is ev.ReportToClient:
                 bs = send_client(ins.client)
                 if bs is not None and not bs.closed():
@@ -303,10 +304,11 @@ class Scheduler(Server):
     def _worker_batch(self, addr: str, batch: list) -> None:
         events = []
         for msg in batch:
-            if type(msg) is list:  # ["tf", key, nbytes, type, duration, small result]: hot path
-                events.append(ev.TaskFinished(addr, msg[1], msg[2], msg[3], msg[4]))
-                if msg[5] is not None:  # passed on to clients that want it, never kept
-                    self._inline[msg[1]] = msg[5]
+            if type(msg) is list:  # the hot path: a task finished (records.TaskFinished)
+                tf = read(rec.TaskFinished, msg)
+                events.append(ev.TaskFinished(addr, tf.key, tf.nbytes, tf.typename, tf.duration))
+                if tf.data is not None:  # passed on to clients that want it, never kept
+                    self._inline[tf.key] = tf.data
                 continue
             op = msg["op"]
             if op == "task-erred":
@@ -362,13 +364,7 @@ class Scheduler(Server):
             funcs = msg.get("funcs")
             if funcs:
                 self.funcs.update(funcs)
-            tasks = []
-            fids = self._fid_intern  # one string per function, not one per task
-            for t in msg["tasks"]:
-                key, func, args, deps, prio, retries, workers, resources, loose = t
-                func = fids.setdefault(func, func)
-                tasks.append(ev.NewTask(key, func, args, deps or (), prio or 0, retries or 0,
-                                        workers, resources, loose))  # fmt: skip
+            tasks = [read(rec.GraphTask, t) for t in msg["tasks"]]
             self.apply(ev.UpdateGraph(client, tasks, msg.get("wanted", [])), stimulus_id=stim)
         elif op == "release-keys":
             self.apply(ev.ReleaseKeys(client, msg["keys"]), stimulus_id=stim)

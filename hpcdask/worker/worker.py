@@ -25,6 +25,8 @@ from .. import config
 from ..comm import address_from
 from ..core import worker_state as ws
 from ..diagnostics.recorder import TaskRecorder
+from ..protocol import records as rec
+from ..protocol.records import read
 from ..protocol.serialize import Pickled
 from ..protocol.taskspec import loads_args
 from ..rpc import BatchedSend, ConnectionPool, Server
@@ -233,16 +235,17 @@ class Worker(Server):
                 batch = await comm.recv()
                 events = []
                 for msg in batch:
-                    if type(msg) is list:
+                    if type(msg) is list:  # the hot path: records.Compute, Func, Free
                         op = msg[0]
-                        if op == "compute":
-                            _, key, fid, args, who_has, nbytes, prio, resources = msg
-                            events.append(ws.ComputeTask(key, fid, args, who_has, nbytes,
-                                                         prio, resources))  # fmt: skip
-                        elif op == "func":
-                            self.funcs[msg[1]] = msg[2]
-                        elif op == "free":
-                            events.append(ws.FreeKeys(msg[1]))
+                        if op == rec.COMPUTE:
+                            c = read(rec.Compute, msg)
+                            events.append(ws.ComputeTask(c.key, c.func, c.args, c.who_has,
+                                                         c.nbytes, c.priority, c.resources))  # fmt: skip
+                        elif op == rec.FUNC:
+                            f = read(rec.Func, msg)
+                            self.funcs[f.fid] = f.pickled
+                        elif op == rec.FREE:
+                            events.append(ws.FreeKeys(read(rec.Free, msg).keys))
                         continue
                     if msg.get("op") == "close":
                         if events:
@@ -271,8 +274,9 @@ class Worker(Server):
             elif kind is ws.SendToScheduler:
                 msg = ins.msg
                 if msg["op"] == "task-finished":
-                    msg = ["tf", msg["key"], msg["nbytes"], msg["type"], msg["duration"],
-                           self._inline.pop(msg["key"], None)]  # fmt: skip
+                    msg = rec.TaskFinished(rec.TASK_FINISHED, msg["key"], msg["nbytes"],
+                                           msg["type"], msg["duration"],
+                                           self._inline.pop(msg["key"], None))  # fmt: skip
                 self._send(msg)
             elif kind is ws.GatherDep:
                 self.spawn(self._gather_dep(ins.worker, ins.keys))
