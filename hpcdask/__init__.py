@@ -36,6 +36,7 @@ _LAZY = {
     "SGECluster": "hpcdask.jobqueue",
     "initialize": "hpcdask.mpi",
     "SSHCluster": "hpcdask.deploy.ssh",
+    "LocalCUDACluster": "hpcdask.deploy.gpu",
     "progress": "hpcdask.diagnostics",
     "performance_report": "hpcdask.diagnostics",
     "get_task_stream": "hpcdask.diagnostics",

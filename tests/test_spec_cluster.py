@@ -100,3 +100,61 @@ def test_adapt_grows_and_shrinks_a_local_cluster():
         del futures
         wait_for(lambda: len(cluster.workers) == 0, timeout=30)
         assert adaptive.maximum == 3
+
+
+# No GPU on this machine: a stand-in `nvidia-smi` reports three devices. What is tested for
+# real is the counting (without CUDA libraries in this process), one worker process per
+# device with its rotated CUDA_VISIBLE_DEVICES and GPU resource, and the protocol choice.
+FAKE_SMI = """#!/bin/sh
+case "$*" in *--query-gpu=index*) printf '0\\n1\\n2\\n' ;; *) exit 9 ;; esac
+"""
+
+
+def _fake_gpus(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_one_worker_per_gpu_with_rotated_devices(tmp_path, monkeypatch):
+    import sys
+
+    from hpcdask.deploy.gpu import LocalCUDACluster, visible_gpus
+
+    _fake_gpus(tmp_path, monkeypatch)
+    assert visible_gpus() == ["0", "1", "2"]
+    with LocalCUDACluster(protocol="tcp", memory_limit="1GB") as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        client.wait_for_workers(3, timeout=30)
+        seen = {
+            name: client.submit(env_of, "CUDA_VISIBLE_DEVICES", workers=[w.address],
+                                pure=False).result()
+            for name, w in cluster.workers.items()
+        }  # fmt: skip
+        assert seen == {"gpu-0": "0,1,2", "gpu-1": "1,2,0", "gpu-2": "2,0,1"}
+        info = client.scheduler_info()["workers"].values()
+        assert all(w["resources"] == {"GPU": 1} for w in info)
+        assert client.submit(env_of, "HOME", resources={"GPU": 1}).result() is not None
+    assert not {"cupy", "numba", "rmm", "pynvml"} & set(sys.modules)  # nothing CUDA loaded here
+
+
+def test_gpu_selection_and_protocol(tmp_path, monkeypatch):
+    import importlib.util
+
+    from hpcdask.deploy.gpu import LocalCUDACluster, default_protocol, rotated
+
+    assert rotated(["a", "b", "c"], 1) == "b,c,a"
+    expected = "ucx" if importlib.util.find_spec("ucxx") else "tcp"
+    assert default_protocol() == expected
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    cluster = LocalCUDACluster(asynchronous=True)  # not started: only the specs are checked
+    assert cluster.scheduler_spec["options"]["protocol"] == expected
+    assert {n: s["options"]["env"]["CUDA_VISIBLE_DEVICES"]
+            for n, s in cluster.worker_spec.items()} == {"gpu-3": "3,5", "gpu-5": "5,3"}  # fmt: skip
+    with pytest.raises(ValueError, match="n_workers=3 but 2 GPUs are visible"):
+        LocalCUDACluster(n_workers=3, asynchronous=True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match="found no GPU"):
+        LocalCUDACluster(asynchronous=True)
