@@ -258,3 +258,59 @@ def test_every_compat_script_is_valid_bash(tmp_path):
         rc = subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode
         assert rc == 0, path.read_text()
     assert os.path.exists(path)
+
+
+# ------------------------------------------------------------ line by line against dask-jobqueue
+
+#: header lines that differ on purpose (docs/jobqueue.md has the table): one merged output file,
+#: SLURM memory in MiB
+DIFFERENT = {"slurm": ("-e ", "-o ", "--mem="), "pbs": ("-e ", "-j oe"), "sge": ("-e ",)}
+PREFIX = {"slurm": "#SBATCH ", "pbs": "#PBS ", "sge": "#$ "}
+CASES = [
+    ("slurm", dict(cores=8, memory="16GB", queue="q", account="acc", walltime="01:00:00",
+                   job_name="jn", job_extra_directives=["--exclusive"], job_cpu=4)),
+    ("slurm", dict(cores=2, memory="2GB", job_name="jn", job_mem="3G",
+                   job_directives_skip=["-n 1"], walltime="00:10:00")),
+    ("pbs", dict(cores=8, memory="28GB", queue="q", account="acc", walltime="01:00:00",
+                 job_name="jn")),
+    ("pbs", dict(cores=4, memory="2GB", job_name="jn", resource_spec="select=2:ncpus=2",
+                 job_extra_directives=["-V"])),
+    ("sge", dict(cores=8, memory="28GB", queue="q", project="p", resource_spec="h_vmem=1G",
+                 walltime="01:00:00", job_name="jn")),
+]  # fmt: skip
+
+
+def _headers(system: str, text: str) -> set[str]:
+    prefix = PREFIX[system]
+    out = {line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)}
+    return {h for h in out if not h.startswith(DIFFERENT[system])}
+
+
+@pytest.mark.parametrize("system, kw", CASES)
+def test_headers_match_dask_jobqueue(system, kw, tmp_path):
+    jobs = pytest.importorskip("dask_jobqueue")
+    job_cls = {"slurm": jobs.slurm.SLURMJob, "pbs": jobs.pbs.PBSJob, "sge": jobs.sge.SGEJob}
+    kw = dict(kw, log_directory=str(tmp_path))
+    theirs = job_cls[system](scheduler="tcp://10.0.0.1:8786", name="n", **kw).job_script()
+    ours = js.job_script(system, scheduler_address="tcp://10.0.0.1:8786", **kw)
+    assert _headers(system, ours) == _headers(system, theirs)
+    if system == "slurm" and "job_mem" not in kw:  # ours: MiB, never more than theirs
+        from hpcdask.utils.sizes import parse_bytes
+
+        mem = {s: next(line.split("=")[1] for line in t.splitlines() if "--mem=" in line)
+               for s, t in (("ours", ours), ("theirs", theirs))}  # fmt: skip
+        assert parse_bytes(mem["ours"] + "iB") <= parse_bytes(mem["theirs"] + "iB")
+
+
+def test_dask_jobqueue_blocks_copied_into_hpcdask_config(home):
+    """dask-jobqueue's shipped slurm/pbs/sge blocks validate as hpcdask config as they are."""
+    import dask_jobqueue
+    import yaml
+
+    shipped = yaml.safe_load(Path(dask_jobqueue.__file__).with_name("jobqueue.yaml").read_text())
+    ours = {"jobqueue": {k: shipped["jobqueue"][k] for k in ("slurm", "pbs", "sge")}}
+    ours["jobqueue"]["slurm"].update(cores=4, memory="8GB")
+    (home / ".config" / "hpcdask").mkdir(parents=True)
+    (home / ".config" / "hpcdask" / "jobqueue.yaml").write_text(yaml.safe_dump(ours))
+    text = js.job_script("slurm")
+    assert "#SBATCH -J dask-worker" in text and " -m hpcdask worker " in text
