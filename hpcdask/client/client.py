@@ -24,7 +24,14 @@ from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
-from .collections import CollectionsMixin, current_client, drop_default, make_default
+from .collections import (
+    CollectionsMixin,
+    collection_args,
+    current_client,
+    drop_default,
+    has_collection,
+    make_default,
+)
 from .data import DataMovement
 from .datasets import Datasets
 from .environment import WorkerEnvironment
@@ -97,6 +104,12 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         self._key_base = uuid.uuid4().hex[:12]
 
         self._scheduler_file = None
+        named = isinstance(address, str) and address.replace("-", "_").isidentifier()
+        if scheduler_file is None and named:
+            from ..jobqueue.detached import lookup  # Client("exp1"): a detached cluster by name
+
+            if (found := lookup(address)) is not None:
+                address, scheduler_file = None, found
         if scheduler_file is not None:
             from ..utils.schedfile import scheduler_file_exists, wait_for_scheduler_file
         if scheduler_file is not None and asynchronous and not scheduler_file_exists(scheduler_file):
@@ -316,6 +329,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
         if key is not None and key in self._states:
             return Future(key, self)
+        if has_collection(args, kwargs):  # dask collections: computed first, passed as Futures
+            args, kwargs, _held = collection_args(self, args, kwargs)
         funcs: dict = {}
         task = self._make_task(func, args, kwargs, key, pure, opts, funcs)
         if task.key in self._states:
@@ -335,6 +350,11 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
             raise TypeError("map needs at least one iterable of arguments")
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
         items = list(zip(*iterables))
+        _held = []
+        for i, args in enumerate(items):
+            if has_collection(args, kwargs):
+                items[i], kwargs, held = collection_args(self, args, kwargs)
+                _held.extend(held)
         keys: list = [None] * len(items)
         if isinstance(key, (list, tuple)):
             if len(key) != len(items):

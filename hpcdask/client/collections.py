@@ -211,12 +211,15 @@ class CollectionsMixin:
         out = list(items)
         if positions:
             colls = [items[i] for i in positions]
-            expr = collections_to_expr(colls, optimize_graph).optimize()
+            expr = collections_to_expr(colls, optimize_graph)
+            parts = _parts(expr, len(colls))
+            composite = any(isinstance(e, _CompositeExpr()) for e in parts)
+            expr = expr.optimize()
+            parts = _parts(expr, len(colls)) if composite else [None] * len(colls)
             per = expr.__dask_keys__()
             flat = [k for ks in per for k in graphs.flatten_keys(ks)]
             futures = self._submit_graph(expr, flat, opts)
-            exprs = list(getattr(expr, "operands", [expr]))
-            for i, c, ks, e in zip(positions, colls, per, exprs):
+            for i, c, ks, e in zip(positions, colls, per, parts):
                 out[i] = _rebuild(c, e, ks, futures)
         return out[0] if single else out
 
@@ -231,7 +234,8 @@ class CollectionsMixin:
         from . import taskgraph
 
         graph, annotations = taskgraph.materialize(dsk)
-        order, missing = taskgraph.dependency_order(graph, outs)
+        resolve = taskgraph.Resolver(graph, outs)
+        order, missing = taskgraph.dependency_order(graph, outs, resolve)
         known = self._states
         unknown = [k for k in missing if graphs.stringify(k) not in known]
         if unknown:
@@ -239,29 +243,18 @@ class CollectionsMixin:
                 f"keys {unknown[:5]} are not in the graph, nor futures of this client: "
                 "compute keys the graph defines, or pass the Futures themselves"
             )
-        run = [
-            k
-            for k in order
-            if graphs.stringify(k) not in known and not taskgraph.is_self_alias(graph[k])
-        ]
-        lost = [
-            k
-            for k in order
-            if taskgraph.is_self_alias(graph[k]) and graphs.stringify(k) not in known
-        ]
-        if lost:
-            raise KeyError(f"the graph refers to persisted keys {lost[:5]} that were released")
+        run = [k for k in order if graphs.stringify(k) not in known]
         opts, per_key = _annotations(annotations, opts)
         wanted = list(dict.fromkeys(graphs.stringify(k) for k in outs))
         new = [k for k in wanted if k not in known]
         futures = {k: Future(k, self) for k in wanted}
         funcs: dict = {}
         tasks = []
-        for (skey, template, operands), k in zip(taskgraph.split(run, graph), run):
+        for (skey, template, operands), k in zip(taskgraph.split(run, graph, resolve), run):
             o = per_key.get(k, opts)
             tasks.append(self._make_task(template, operands, {}, skey, False, o, funcs))
         if tasks:
-            self._send_graph(tasks, funcs, new)
+            self._send_tasks(tasks, funcs, new)
         return futures
 
     def _submit_plain_graph(self: Client, dsk: dict, keys: Any, opts: dict) -> dict[str, Future]:
@@ -278,12 +271,65 @@ class CollectionsMixin:
                 task = self._make_task(_identity, (value,), {}, skey, False, opts, funcs)
             tasks.append(task)
         wanted = list(dict.fromkeys(graphs.stringify(k) for k in graphs.flatten_keys(keys)))
-        missing = [k for k in wanted if k not in {t[0] for t in tasks}]
+        missing = [k for k in wanted if k not in {t.key for t in tasks}]
         if missing:
             raise KeyError(f"keys {missing} are not in the graph")
         futures = {k: Future(k, self) for k in wanted}
-        self._send_graph(tasks, funcs, wanted)
+        self._send_tasks(tasks, funcs, wanted)
         return futures
+
+    def _send_tasks(self: Client, tasks: list, funcs: dict, wanted: list) -> None:
+        """`_send_graph`, holding what later chunks of a large graph need until they arrived:
+        the scheduler drops a task that nobody wants and nothing depends on yet."""
+        from .client import GRAPH_CHUNK
+
+        if len(tasks) <= GRAPH_CHUNK:
+            self._send_graph(tasks, funcs, wanted)
+            return
+        chunk_of = {t.key: i // GRAPH_CHUNK for i, t in enumerate(tasks)}
+        later: set = set()
+        for i, t in enumerate(tasks):
+            c = i // GRAPH_CHUNK
+            for d in t.dependencies or ():
+                cd = chunk_of.get(d)
+                if cd is not None and cd < c:
+                    later.add(d)
+        held = set(wanted)
+        pins = [Future(k, self) for k in later if k not in held]
+        self._send_graph(tasks, funcs, [*wanted, *(f.key for f in pins)])
+        del pins  # released in order, after the last chunk
+
+
+def collection_args(client: Client, args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
+    """dask collections passed to submit/map become Futures of their values (computed on the
+    cluster); the Futures are returned too, to be held until the task was sent."""
+    found = [a for a in (*args, *kwargs.values()) if _is_collection(a)]
+    if not found:
+        return args, kwargs, []
+    futures = client.compute(found)
+    sub = {id(c): f for c, f in zip(found, futures)}
+    args = tuple([sub.get(id(a), a) for a in args])
+    kwargs = {k: sub.get(id(v), v) for k, v in kwargs.items()}
+    return args, kwargs, futures
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex, tuple, list, dict, Future})
+
+
+def has_collection(args: tuple, kwargs: dict) -> bool:
+    """Cheap enough for every submit: plain values are never collections."""
+    for a in args:
+        if type(a) not in _PLAIN and _is_collection(a):
+            return True
+    for a in kwargs.values():
+        if type(a) not in _PLAIN and _is_collection(a):
+            return True
+    return False
+
+
+def _is_collection(a: Any) -> bool:
+    g = getattr(type(a), "__dask_graph__", None)
+    return g is not None and callable(g) and a.__dask_graph__() is not None
 
 
 def _pop_options(kwargs: dict, what: str) -> dict:
@@ -314,12 +360,24 @@ def _annotations(annotations: dict, opts: dict) -> tuple[dict, dict]:
     return base, per_key
 
 
-def _rebuild(coll: Any, expr: Any, keys: Any, futures: dict) -> Any:
+def _CompositeExpr() -> type:
     from dask._expr import CompositeExpr
 
+    return CompositeExpr
+
+
+def _parts(expr: Any, n: int) -> list:
+    """One expression per collection (as dask.persist reads them), or Nones."""
+    from dask._expr import _ExprSequence
+
+    parts = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
+    return parts if len(parts) == n else [None] * n
+
+
+def _rebuild(coll: Any, expr: Any, keys: Any, futures: dict) -> Any:
     flat = list(graphs.flatten_keys(keys))
     data = {k: futures[graphs.stringify(k)] for k in flat}
-    if isinstance(expr, CompositeExpr):
+    if expr is not None and isinstance(expr, _CompositeExpr()):
         from dask.base import _rebuild_composite_collection
 
         return _rebuild_composite_collection(coll, expr, data, cull_to_child_keys=True)

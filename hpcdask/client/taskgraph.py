@@ -26,20 +26,24 @@ _PER_TASK = frozenset({int, float, str, bytes, bool, type(None), complex, KeyRef
 class _Walk:
     """Flattens one top-level node into (steps, out shape, operands)."""
 
-    __slots__ = ("ops", "steps", "nreg")
+    __slots__ = ("ops", "steps", "nreg", "resolve")
 
-    def __init__(self) -> None:
+    def __init__(self, resolve: Callable[[Any], Any]) -> None:
         self.ops: list = []
         self.steps: list = []
         self.nreg = 0
+        self.resolve = resolve
 
     def op(self, obj: Any) -> int:
         self.ops.append(obj)
         return len(self.ops) - 1
 
     def ref(self, key: Any, env: dict | None) -> Any:
-        if env is not None and key in env:
-            return env[key]
+        if env is not None:
+            if key in env:
+                return env[key]
+        else:
+            key = self.resolve(key)
         return self.op(KeyRef(stringify(key)))
 
     def arg(self, a: Any, env: dict | None) -> Any:
@@ -64,9 +68,14 @@ class _Walk:
         kind = _CONTAINERS.get(t)
         if kind is not None:
             return (kind, *[self.arg(x, env) for x in node.args])
-        if node.func is _execute_subgraph:
+        func = node.func
+        if func is _execute_subgraph:
             return self.subgraph(node, env)
-        f = self.op(node.func)
+        if func is _identity_cast and len(node.kwargs) == 1:
+            kind = _CAST.get(node.kwargs.get("typ"))
+            if kind is not None:
+                return (kind, *[self.arg(x, env) for x in node.args])
+        f = self.op(func)
         args = tuple([self.arg(x, env) for x in node.args])
         kws = tuple([(k, self.arg(v, env)) for k, v in node.kwargs.items()])
         return ("C", f, args, kws)
@@ -139,14 +148,34 @@ def materialize(dsk: Any) -> tuple[dict, dict]:
     return _convert_legacy_graph(graph), annotations
 
 
-def dependency_order(graph: dict, outs: Iterable) -> tuple[list, list]:
+class Resolver:
+    """Follows Alias nodes to the key that holds the data, so that an alias costs no task
+    (dask puts one behind most fused tasks); outputs keep theirs, the client asked for them."""
+
+    def __init__(self, graph: dict, keep: Iterable) -> None:
+        self.graph = graph
+        self.keep = set(keep)
+
+    def __call__(self, key: Any) -> Any:
+        graph, keep = self.graph, self.keep
+        for _ in range(1000):
+            if key in keep:
+                return key
+            node = graph.get(key)
+            if type(node) is not _Alias:
+                return key
+            key = node.target
+        raise ValueError(f"the graph has a cycle of aliases through key {key!r}")
+
+
+def dependency_order(graph: dict, outs: list, resolve: Resolver) -> tuple[list, list]:
     """Keys the outputs need, dependencies first (depth first, so that a reduction's inputs are
     computed just before it: the scheduler runs tasks of one priority in the order sent), and
     the keys referred to that the graph does not hold."""
     order: list = []
     missing: list = []
     seen: set = set()
-    stack = [(k, False) for k in reversed(list(outs))]
+    stack = [(k, False) for k in reversed(outs)]
     while stack:
         k, done = stack.pop()
         if done:
@@ -160,16 +189,15 @@ def dependency_order(graph: dict, outs: Iterable) -> tuple[list, list]:
             missing.append(k)
             continue
         stack.append((k, True))
-        stack.extend((d, False) for d in node.dependencies if d not in seen)
+        if type(node) is _Alias and k in resolve.keep:
+            deps: Any = (resolve(node.target),)
+        else:
+            deps = [resolve(d) for d in node.dependencies]
+        stack.extend((d, False) for d in deps if d not in seen)
     return order, missing
 
 
-def is_self_alias(node: Any) -> bool:
-    """A persisted collection's graph maps each key to its own Future: nothing to run."""
-    return type(node) is _Alias and stringify(node.key) == stringify(node.target)
-
-
-def split(keys: list, graph: dict) -> list[tuple[str, Template, tuple]]:
+def split(keys: list, graph: dict, resolve: Resolver) -> list[tuple[str, Template, tuple]]:
     """`[(key, template, operands)]` for `keys`, in their order.
 
     An object is kept in a template when more than one task of the graph holds it (by
@@ -178,20 +206,14 @@ def split(keys: list, graph: dict) -> list[tuple[str, Template, tuple]]:
     """
     walked = []
     counts: dict[int, int] = {}
+    fused: dict[tuple, tuple] = {}
     for k in keys:
-        w = _Walk()
-        node = graph[k]
-        if isinstance(node, _Task):
-            out = w.task(node, None)
-        elif type(node) is _Alias:
-            out = w.ref(node.target, None)
-        else:
-            out = w.op(node.value)
-        for o in w.ops:
+        steps, out, ops = _walk_node(graph[k], resolve, fused)
+        for o in ops:
             if type(o) not in _PER_TASK:
                 i = id(o)
                 counts[i] = counts.get(i, 0) + 1
-        walked.append((k, tuple(w.steps), out, w.ops))
+        walked.append((k, steps, out, ops))
     templates: dict[tuple, Template] = {}
     result = []
     for k, steps, out, ops in walked:
@@ -207,6 +229,34 @@ def split(keys: list, graph: dict) -> list[tuple[str, Template, tuple]]:
         own = tuple([o for i, o in enumerate(ops) if i not in shared]) if shared else tuple(ops)
         result.append((stringify(k), t, own))
     return result
+
+
+def _walk_node(node: Any, resolve: Resolver, fused: dict) -> tuple[tuple, Any, list]:
+    """(steps, out, operands) of one node. Blockwise tasks share their fused subgraph (the same
+    dict object): it is walked once per graph and only the inputs are walked per task."""
+    w = _Walk(resolve)
+    if type(node) is _Task and node.func is _execute_subgraph:
+        inner, outkey, inkeys, *deps = node.args
+        simple = not any(isinstance(d, _Task) for d in deps)  # one operand each
+        ck = (id(inner), outkey, tuple(inkeys))
+        hit = fused.get(ck) if simple else None
+        if hit is not None:
+            steps, out, inner_ops = hit
+            for d in deps:
+                w.arg(d, None)
+            return steps, out, w.ops + inner_ops
+        out = w.task(node, None)
+        inner_ops = w.ops[len(deps) :]
+        if simple and not any(type(o) is KeyRef for o in inner_ops):
+            fused[ck] = (tuple(w.steps), out, inner_ops)
+        return tuple(w.steps), out, w.ops
+    if isinstance(node, _Task):
+        out = w.task(node, None)
+    elif type(node) is _Alias:
+        out = w.op(KeyRef(stringify(resolve(node.target))))
+    else:
+        out = w.op(node.value)
+    return tuple(w.steps), out, w.ops
 
 
 def _holds_future(obj: Any) -> bool:
@@ -227,6 +277,7 @@ def _prefix(key: Any) -> str:
 
 _SCALAR_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 _CONTAINERS: dict = {}
+_CAST = {list: "L", tuple: "T", set: "S"}
 _TaskRef: Any = None
 _GraphNode: Any = None
 _Task: Any = None
@@ -234,12 +285,13 @@ _Alias: Any = None
 _DataNode: Any = None
 _HighLevelGraph: Any = None
 _execute_subgraph: Any = None
+_identity_cast: Any = None
 _convert_legacy_graph: Callable = lambda g: g  # noqa: E731 - replaced on first use
 
 
 def _load_dask() -> None:
     global _TaskRef, _GraphNode, _Task, _Alias, _DataNode, _HighLevelGraph
-    global _execute_subgraph, _convert_legacy_graph
+    global _execute_subgraph, _identity_cast, _convert_legacy_graph
     if _Task is not None:
         return
     try:
@@ -253,4 +305,5 @@ def _load_dask() -> None:
     _TaskRef, _GraphNode, _Task = ts.TaskRef, ts.GraphNode, ts.Task
     _Alias, _DataNode, _HighLevelGraph = ts.Alias, ts.DataNode, HighLevelGraph
     _execute_subgraph = ts._execute_subgraph
+    _identity_cast = ts._identity_cast
     _convert_legacy_graph = ts.convert_legacy_graph

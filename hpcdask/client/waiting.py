@@ -21,6 +21,10 @@ ALL_COMPLETED = "ALL_COMPLETED"
 def _futures(fs: Any) -> list[Future]:
     if isinstance(fs, Future):
         return [fs]
+    if hasattr(fs, "__dask_graph__"):  # a persisted dask collection
+        from .collections import futures_of
+
+        return futures_of(fs)
     return list(fs)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -120,22 +121,32 @@ class FunctionCache:
 
     def __init__(self) -> None:
         self._by_id: dict[int, tuple[Any, str, Any]] = {}
+        # Templates live as long as their graph's submission: held weakly, so that the
+        # objects they share are not kept alive by the client.
+        self._templates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def dumps(self, func: Callable) -> tuple[str, Any]:
+        if type(func) is Template:
+            hit = self._templates.get(func)
+            if hit is None:
+                hit = self._templates[func] = self._pickle(func)
+            return hit
         hit = self._by_id.get(id(func))
         if hit is not None and hit[0] is func:
             return hit[1], hit[2]
-        try:
-            pickled = Pickled.dumps(func)
-            if type(func) is Template:  # one per graph: named by content, never held here
-                return _content_id(func, pickled), pickled
-        except Exception as e:
-            raise TypeError(f"Could not serialize the function {func!r}: {e}") from e
-        fid = _content_id(func, pickled)
+        fid, pickled = self._pickle(func)
         if len(self._by_id) > 10_000:
             self._by_id.clear()
         self._by_id[id(func)] = (func, fid, pickled)
         return fid, pickled
+
+    @staticmethod
+    def _pickle(func: Callable) -> tuple[str, Any]:
+        try:
+            pickled = Pickled.dumps(func)
+        except Exception as e:
+            raise TypeError(f"Could not serialize the function {func!r}: {e}") from e
+        return _content_id(func, pickled), pickled
 
 
 def _content_id(func: Any, pickled: Pickled) -> str:

@@ -28,7 +28,7 @@ Shape = Any  # int | tuple (see the module docstring)
 class Template:
     """A callable run as `template(*operands)` on a worker: rebuilds and runs the task."""
 
-    __slots__ = ("steps", "out", "nops", "shared", "name", "_run")
+    __slots__ = ("steps", "out", "nops", "shared", "name", "_run", "__weakref__")
 
     def __init__(
         self, steps: tuple, out: Shape, nops: int, shared: dict[int, Any], name: str
