@@ -53,8 +53,7 @@ def status(s: Any, c: Any, since: int, tsince: int) -> dict:
     return {
         "scheduler": s.address, "workers": worker_rows(s), "progress": progress,
         "n_tasks": len(s.state.tasks), "cursor": cursor, "tcursor": tcursor,
-        "records": [[r[0], r[1], r[2], r[3], r[4], r[5], r[6]] for r in records],
-        "transfers": [list(t) for t in transfers], "loop_lag": c.loop_lag,
+        "records": records, "transfers": transfers, "loop_lag": c.loop_lag,
         "interval": c.interval,
     }  # fmt: skip
 

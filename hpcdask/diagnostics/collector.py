@@ -14,7 +14,8 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, deque
+from operator import attrgetter
 from typing import Any
 
 from ..plugins import SchedulerPlugin
@@ -22,6 +23,7 @@ from ..plugins import SchedulerPlugin
 logger = logging.getLogger("hpcdask.diagnostics")
 
 SCAN_SHARE = 0.05  # most of the loop's time progress scans may take
+_FUNC_STATE = attrgetter("func", "state")
 STATES = ("released", "waiting", "no-worker", "queued", "processing", "memory", "erred")
 
 
@@ -94,6 +96,7 @@ class Collector(SchedulerPlugin):
         self.tasks = RecordLog(maxlen)  # rows: (key, thread ident, start, stop, ok)
         self.transfers = RecordLog(maxlen // 4)  # rows: (source, nkeys, nbytes, start, stop)
         self._prefixes: dict[str, str] = {}
+        self._func_prefix: dict[Any, str | None] = {}
         self.memory: deque = deque(maxlen=3600)  # (time, {worker: (managed, rss, limit)})
         self.bytes_received: dict[str, int] = {}
         self.lanes: dict[str, dict[int, int]] = {}
@@ -124,9 +127,10 @@ class Collector(SchedulerPlugin):
     def remove_worker(self, scheduler: Any = None, worker: str | None = None) -> None:
         self.lanes.pop(worker, None)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     # ------------------------------------------------------------ interest
 
@@ -224,28 +228,54 @@ class Collector(SchedulerPlugin):
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{prefix: {state: n}} over the scheduler's tasks, rescanned at most every
-        max(interval, cost / SCAN_SHARE) seconds."""
+        max(interval, cost / SCAN_SHARE) seconds.
+
+        The scan counts (function, state) pairs in C (`Counter` over `attrgetter`), about
+        0.15 µs a task; a function whose generated keys carry its name stands for their prefix
+        (one sample key per new function checks that), others are grouped key by key.
+        """
         now = time.monotonic()
         if now - self._counts_at < max(self.interval * 0.9, self._scan_cost / SCAN_SHARE):
             return self._counts
         t0 = time.perf_counter()
+        tasks = self.scheduler.state.tasks
+        pairs = Counter(map(_FUNC_STATE, tasks.values()))
+        kinds = self._func_prefix
+        if len(kinds) > 50_000:
+            kinds.clear()
+        unknown = {f for f, _ in pairs if f not in kinds}
+        if unknown:
+            for key, ts in tasks.items():
+                f = ts.func
+                if f in unknown:
+                    unknown.discard(f)
+                    kinds[f] = self._func_stands_for(f, key)
+                    if not unknown:
+                        break
         counts: dict[str, dict[str, int]] = {}
-        prefixes = self._prefixes  # one prefix per stem: 'inc' for every 'inc-<hash>'
-        if len(prefixes) > 50_000:
-            prefixes.clear()
-        for key, ts in self.scheduler.state.tasks.items():
-            stem = key.rpartition("-")[0] or key
-            prefix = prefixes.get(stem)
+        by_key = set()
+        for (f, st), n in pairs.items():
+            prefix = kinds.get(f)
             if prefix is None:
-                prefix = prefixes[stem] = key_prefix(key)
-            by_state = counts.get(prefix)
-            if by_state is None:
-                by_state = counts[prefix] = {}
-            st = ts.state
-            by_state[st] = by_state.get(st, 0) + 1
+                by_key.add(f)
+                continue
+            by_state = counts.setdefault(prefix, {})
+            by_state[st] = by_state.get(st, 0) + n
+        if by_key:
+            for key, ts in tasks.items():
+                if ts.func in by_key:
+                    by_state = counts.setdefault(self.prefix(key), {})
+                    by_state[ts.state] = by_state.get(ts.state, 0) + 1
         self._scan_cost = time.perf_counter() - t0
         self._counts, self._counts_at = counts, time.monotonic()
         return counts
+
+    def _func_stands_for(self, func: Any, key: str) -> str | None:
+        """The prefix `func`'s tasks share, if its id ('inc-<hash>') names the key's prefix."""
+        if type(func) is not str:
+            return None
+        prefix = key_prefix(func).replace("<lambda>", "lambda")
+        return prefix if prefix == self.prefix(key) else None
 
     # ------------------------------------------------------------ queries
 
