@@ -27,6 +27,12 @@ except ImportError:  # pragma: no cover - only while that layer is absent
 else:
     _register_jobqueue(cli)
 
+from ..deploy.ssh_cli import register as _register_ssh  # noqa: E402 - hpcdask ssh HOST...
+from ..jobqueue.detached import register as _register_clusters  # noqa: E402 - hpcdask cluster
+
+_register_ssh(cli)
+_register_clusters(cli)
+
 
 def main() -> None:
     level = os.environ.get("HPCDASK_LOGGING_LEVEL", "INFO").upper()

@@ -262,7 +262,8 @@ class Cluster(SyncAsync):
         elif self._local:
             info = self.scheduler.identity()
         else:  # a remote scheduler: the last identity fetched (repr must not block)
-            info = self._info
+            cached = getattr(self.scheduler, "identity", None)  # one that keeps it fresh
+            info = cached() if cached is not None else self._info
         workers = info["workers"]
         return {
             "workers": len(workers),

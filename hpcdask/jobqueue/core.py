@@ -95,8 +95,15 @@ class JobQueueCluster(Cluster):
                  template_dir: str | None = None, security: Any = None,
                  asynchronous: bool = False, config_name: str | None = None,
                  loop: Any = None, silence_logs: Any = None, dashboard_address: Any = None,
-                 host: Any = None, scheduler_cls: Any = None, **options: Any) -> None:  # fmt: skip
+                 host: Any = None, scheduler_cls: Any = None, scheduler_job: Any = False,
+                 shutdown_on_close: bool = True, **options: Any) -> None:  # fmt: skip
         _check_cluster_keywords(type(self).__name__, dashboard_address, host, scheduler_cls)
+        # the scheduler in a job of its own (scheduler_job.py); a detached cluster needs one
+        self._scheduler_job = scheduler_job or (not shutdown_on_close and {})
+        if not shutdown_on_close and not options.get("name"):
+            raise ValueError("a cluster that outlives this process (shutdown_on_close=False) "
+                             "needs name=, to find it again: Client(name), hpcdask cluster ...")  # fmt: skip
+        self.cluster_name = None if shutdown_on_close else options["name"]
         self._opts = script.options(self.system, site=site, template_dir=template_dir,
                                     config_name=config_name, **options)  # fmt: skip
         if self._opts.get("protocol"):  # dask-jobqueue spells it "tls://"
@@ -119,7 +126,8 @@ class JobQueueCluster(Cluster):
             self._opts["log_directory"] = os.path.expanduser(log_directory)
             os.makedirs(self._opts["log_directory"], exist_ok=True)
             self._ctx["log_directory"] = self._opts["log_directory"]
-        super().__init__(asynchronous=asynchronous, security=security, scheduler_options=sched)
+        super().__init__(asynchronous=asynchronous, security=security, scheduler_options=sched,
+                         shutdown_on_close=shutdown_on_close)  # fmt: skip
         self.processes: int = self._ctx["processes"]
         self.batch = self._make_batch()
         self.jobs: dict[str, Job] = {}
@@ -133,6 +141,13 @@ class JobQueueCluster(Cluster):
         self._waiting = 0  # wait_for_workers calls in progress: no backing off meanwhile
         self._failed_in_a_row = 0
         self._begin()
+
+    async def _start_scheduler(self) -> Any:
+        if self._scheduler_job is False:
+            return await super()._start_scheduler()
+        from . import scheduler_job
+
+        return await scheduler_job.start(self, self._scheduler_job)
 
     def _make_batch(self) -> BatchSystem:
         return self.batch_class(self._opts.get("submit_command_extra"))
@@ -214,8 +229,9 @@ class JobQueueCluster(Cluster):
         self._script = script.render(self.system, ctx)
         self._poller = asyncio.ensure_future(self._poll_loop())
         # jobs must not outlive a script that forgot close(): cancel them at exit
-        weakref.finalize(self, _cancel_leftovers, list(self.batch.cancel_command), self.jobs,
-                         [self._secret_path, *self._tls_files])  # fmt: skip
+        if self.shutdown_on_close:
+            weakref.finalize(self, _cancel_leftovers, list(self.batch.cancel_command), self.jobs,
+                             [self._secret_path, *self._tls_files])  # fmt: skip
         if self._n_workers:
             await self._scale(self._n_workers)
 
@@ -555,6 +571,14 @@ class JobQueueCluster(Cluster):
     async def _close(self) -> None:
         if self.status in ("closed", "closing"):
             return
+        if not self.shutdown_on_close and self.scheduler is not None:  # detached: leave it all
+            from . import scheduler_job
+
+            scheduler_job.remember_jobs(self)
+            if self._poller is not None:
+                self._poller.cancel()
+            await self.scheduler.detach()
+            return await super()._close()
         if self._poller is not None:
             self._poller.cancel()
         if self._adaptive is not None:
