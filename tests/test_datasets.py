@@ -49,3 +49,24 @@ def test_datasets_are_shared_between_clients_and_keep_their_data(cluster):
             a.unpublish_dataset("mine")
         with pytest.raises(TypeError, match="needs something to publish"):
             a.publish_dataset()
+
+
+def test_a_persisted_collection_stays_alive_until_unpublished(cluster):
+    da = pytest.importorskip("dask.array")
+    with Client(cluster) as a, Client(cluster) as b:
+        from hpcdask import futures_of, wait
+
+        x = da.arange(12, chunks=4).persist()
+        wait(x)
+        keys = {f.key for f in futures_of(x)}
+        assert len(keys) == 3 and keys <= set(cluster.scheduler.state.tasks)
+        a.publish_dataset(x, name="arr")
+        del x
+        gc.collect()
+        got = b.get_dataset("arr")
+        assert int(got.sum().compute()) == sum(range(12))
+        assert keys <= set(cluster.scheduler.state.tasks)
+        del got
+        b.unpublish_dataset("arr")
+        gc.collect()
+        wait_for(lambda: not (keys & set(cluster.scheduler.state.tasks)))

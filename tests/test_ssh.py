@@ -156,3 +156,28 @@ def test_bad_arguments():
         SSHCluster(["a", "b"], connect_options=[{}])
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['worker_opts'\]"):
         SSHCluster(["a", "b"], worker_opts={})
+
+
+def test_hpcdask_ssh_command(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    (addr, port), *_ = _need("loopback")
+    sched_file = tmp_path / "sched.json"
+    env_args = [a for k, v in _env().items() for a in ("--env", f"{k}={v}")]
+    proc = subprocess.Popen([sys.executable, "-m", "hpcdask", "ssh", addr, addr, "--ssh-port",
+                             str(port), "--scheduler-port", "0", "--scheduler-file",
+                             str(sched_file), *env_args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: sched_file.exists() or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, proc.stderr.read()
+        assert oct(sched_file.stat().st_mode & 0o777) == "0o600"
+        with Client(scheduler_file=str(sched_file)) as client:
+            client.wait_for_workers(1, timeout=30)
+            assert client.submit(_double, 4).result() == 8
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert "scheduler at tcp://" in proc.stdout.read()

@@ -23,10 +23,12 @@ import click
 @click.option("--remote-python", default=None, help="The Python on the hosts (default: this one).")
 @click.option("--scheduler-file", default=None,
               help="Write the scheduler's address and secret here (0600), for clients.")  # fmt: skip
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="An environment variable for the remote processes (repeatable).")  # fmt: skip
 def ssh_command(hosts: tuple[str, ...], ssh_port: int | None, ssh_username: str | None,
                 ssh_private_key: str | None, nworkers: int, nthreads: int | None,
                 memory_limit: str | None, scheduler_port: int, remote_python: str | None,
-                scheduler_file: str | None) -> None:  # fmt: skip
+                scheduler_file: str | None, env: tuple[str, ...]) -> None:  # fmt: skip
     """Scheduler on the first HOST, workers on the others (one host: both there)."""
     from .ssh import SSHCluster, SSHError
 
@@ -43,10 +45,14 @@ def ssh_command(hosts: tuple[str, ...], ssh_port: int | None, ssh_username: str 
         worker["nthreads"] = nthreads
     if memory_limit:
         worker["memory_limit"] = memory_limit
+    bad = [e for e in env if "=" not in e]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r}: use KEY=VALUE", param_hint="--env")
     try:
         cluster = SSHCluster(hosts_list, connect_options=connect, worker_options=worker,
                              scheduler_options={"port": scheduler_port},
-                             remote_python=remote_python)  # fmt: skip
+                             remote_python=remote_python,
+                             remote_env=dict(e.split("=", 1) for e in env))  # fmt: skip
     except (SSHError, ValueError, ImportError) as e:
         raise click.ClickException(str(e)) from None
     if scheduler_file:
