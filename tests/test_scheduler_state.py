@@ -520,7 +520,7 @@ def test_retry_end_to_end_with_the_worker_state_machine():
         worker_out = []
         for ins in pending:
             if isinstance(ins, Compute):
-                worker_out += w.handle(wsm.ComputeTask(ins.key, ins.func, ins.args, ins.who_has,
+                worker_out += w.handle(wsm.ComputeTask("compute", ins.key, ins.func, ins.args, ins.who_has,
                                                        ins.nbytes, ins.priority))  # fmt: skip
             elif isinstance(ins, FreeKeys):
                 worker_out += w.handle(wsm.FreeKeys(ins.keys))

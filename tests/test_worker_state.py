@@ -20,6 +20,7 @@ from hpcdask.core.worker_state import (
     SendToScheduler,
     WorkerState,
 )
+from hpcdask.protocol.records import COMPUTE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,27 +31,8 @@ ME = "tcp://me:1"
 
 
 def check(w: WorkerState) -> None:
-    """Invariants between the task table and the worker's queues."""
-    for key, ts in w.tasks.items():
-        assert ts.key == key, ts
-        assert ts.state != "released", ts
-        for dts in ts.dependencies:
-            assert ts in dts.dependents, (ts, dts)
-            assert w.tasks.get(dts.key) is dts, (ts, dts)
-        if ts.state == "waiting":
-            assert ts.waiting_for, ts
-            for dts in ts.waiting_for:
-                assert dts.state != "memory", (ts, dts)
-        if ts.state == "flight":
-            assert ts.coming_from in w.in_flight_workers, ts
-            assert ts in w.in_flight_workers[ts.coming_from], ts
-    for ts in w.executing:
-        assert ts.state in ("executing", "cancelled"), ts
-    assert len([t for t in w.executing if t.state == "executing"]) <= w.nthreads + w.prefetch
-    for name, amount in w.available_resources.items():
-        assert 0 <= amount <= w.total_resources.get(name, 0), (name, amount)
-    mem = sum(ts.nbytes for ts in w.tasks.values() if ts.state == "memory")
-    assert w.nbytes_in_memory == mem
+    """Invariants between the task table and the worker's queues (the machine's own)."""
+    w.validate()
 
 
 def run(w: WorkerState, *events) -> list:
@@ -61,7 +43,8 @@ def run(w: WorkerState, *events) -> list:
 
 def compute(key: str, deps: dict | None = None, nbytes: dict | None = None, **kw) -> ComputeTask:
     deps = deps or {}
-    return ComputeTask(key, f"f-{key}", (key,), deps, nbytes or dict.fromkeys(deps, 100), **kw)
+    return ComputeTask(COMPUTE, key, f"f-{key}", (key,), deps, nbytes or dict.fromkeys(deps, 100),
+                       **kw)  # fmt: skip
 
 
 def executes(out: list) -> list[str]:
@@ -526,3 +509,197 @@ def test_fetching_input_that_the_scheduler_then_asks_us_to_compute():
     assert executes(out) == ["a"]
     out = run(w, ok("a"))
     assert executes(out) == ["t"]
+
+
+# ---------------------------------------------------------------- the transition table
+
+
+def test_every_state_change_is_logged_with_its_stimulus():
+    w = WorkerState(ME)
+    w.handle(compute("t", {"a": ["A"]}), stimulus_id="compute from scheduler #1")
+    w.handle(GatherDone("A", {"a": 1}, []), stimulus_id="gather from A #2")
+    assert [(s, f) for _, s, f, *_ in w.story("a")] == [
+        ("released", "fetch"), ("fetch", "flight"), ("flight", "memory"),
+    ]  # fmt: skip
+    assert {(k, f) for k, _, f, *_ in w.story("gather from A #2")} == {
+        ("a", "memory"), ("t", "ready"), ("t", "executing"),
+    }  # fmt: skip
+    assert w.story("t")[0][3] == "compute from scheduler #1"
+    w.handle(ok("t"))
+    assert w.story("t")[-1][2:4] == ("memory", "ExecuteSuccess")  # default: the event type
+
+
+def test_an_impossible_transition_raises_with_the_story():
+    from hpcdask.core.exceptions import InvalidTransition
+
+    w = WorkerState(ME)
+    run(w, compute("x"))
+    with pytest.raises(InvalidTransition, match="executing -> fetch for 'x'"):
+        w._transition(w.tasks["x"], "fetch")
+
+
+def test_the_table_uses_only_known_states():
+    from hpcdask.core.worker_state import STATES, TRANSITIONS
+
+    assert {a for a, _ in TRANSITIONS} | {b for _, b in TRANSITIONS} == STATES
+    assert len(STATES) == 12
+
+
+def test_validate_catches_a_broken_invariant():
+    w = WorkerState(ME)
+    run(w, compute("x"))
+    w.executing.clear()
+    with pytest.raises(AssertionError):
+        w.validate()
+
+
+def test_an_input_asked_to_be_computed_while_in_flight_arrives_as_its_result():
+    w = WorkerState(ME)
+    run(w, compute("t", {"a": ["A"]}))
+    assert w.tasks["a"].state == "flight"
+    run(w, compute("a", {"b": ["B"]}))  # the scheduler now wants a computed here
+    assert w.tasks["a"].state == "waiting"
+    out = run(w, GatherDone("A", {"a": 3}, []))
+    assert msgs(out, "task-finished") == [
+        {"op": "task-finished", "key": "a", "nbytes": 3, "type": "", "duration": 0.0}
+    ]
+    assert executes(out) == ["t"]
+
+
+def test_an_input_in_flight_that_is_meanwhile_computed_here_keeps_running():
+    w = WorkerState(ME, nthreads=2)
+    run(w, compute("t", {"a": ["A"]}))
+    assert executes(run(w, compute("a"))) == ["a"]
+    out = run(w, GatherDone("A", {"a": 3}, []))
+    assert w.tasks["a"].state == "executing" and dropped(out) == set()
+    out = run(w, ok("a"))
+    assert executes(out) == ["t"] and msgs(out, "task-finished")[0]["key"] == "a"
+
+
+def test_acquire_replicas_fetches_through_the_fetch_machinery_and_keeps_them():
+    from hpcdask.core.worker_state import AcquireReplicas
+
+    w = WorkerState(ME)
+    out = run(w, AcquireReplicas({"a": ["A"], "b": ["A"], "c": ["B"]}, {"a": 1, "b": 2, "c": 3}))
+    assert gathers(out) == {"A": {"a", "b"}, "B": {"c"}}  # batched per peer
+    out = run(w, GatherDone("A", {"a": 1, "b": 2}, []), GatherDone("B", {"c": 3}, []))
+    assert sorted(k for m in msgs(out, "add-keys") for k in m["nbytes"]) == ["a", "b", "c"]
+    assert sorted(w.in_memory) == ["a", "b", "c"] and dropped(out) == set()
+    out = run(w, AcquireReplicas({"a": ["A"]}, {"a": 1}))  # already here: just say so
+    assert msgs(out, "add-keys") == [{"op": "add-keys", "nbytes": {"a": 1}}]
+
+
+# ---------------------------------------------------------------- random event sequences
+
+
+class WorkerDriver:
+    """Feeds random events to a WorkerState the way the Worker server would: every Execute
+    gets one ExecuteSuccess/Failure, every GatherDep one GatherDone/GatherFailed."""
+
+    PEERS = ["P0", "P1", "P2", "P3"]
+
+    def __init__(self, rng, nthreads: int = 2) -> None:
+        self.rng = rng
+        self.w = WorkerState(ME, nthreads=nthreads, resources={"GPU": 2},
+                             prefetch=rng.randint(0, 2))  # fmt: skip
+        self.n = 0
+        self.running: list[str] = []
+        self.gathers: dict[str, list] = {}
+        self.wanted: set[str] = set()  # computes the scheduler has not freed
+
+    def step(self, *events) -> None:
+        out = self.w.handle(*events, stimulus_id=f"step-{self.n}")
+        self.w.validate()
+        for ins in out:
+            if isinstance(ins, Execute):
+                self.running.append(ins.key)
+            elif isinstance(ins, GatherDep):
+                assert ins.worker not in self.gathers, "one request per peer at a time"
+                self.gathers[ins.worker] = list(ins.keys)
+
+    def new_compute(self) -> None:
+        rng = self.rng
+        self.n += 1
+        key = f"t{self.n}"
+        # As from the scheduler: a task's inputs are in memory somewhere (here or at peers).
+        known = [k for k, ts in self.w.tasks.items()
+                 if ts.state in ("memory", "fetch", "flight", "missing", "fetch-cancelled")]  # fmt: skip
+        deps = {}
+        for _ in range(rng.randint(0, 3)):
+            dkey = rng.choice(known) if known and rng.random() < 0.4 else f"r{rng.randint(0, 30)}"
+            deps[dkey] = rng.sample(self.PEERS + [ME], k=rng.randint(0, 2))
+        kw = {"priority": rng.randint(-2, 2)}
+        if rng.random() < 0.2:
+            kw["resources"] = {"GPU": rng.randint(1, 2)}
+        self.wanted.add(key)
+        self.step(compute(key, deps, {d: rng.randint(1, 100) for d in deps}, **kw))
+
+    def random_event(self) -> None:
+        rng, w = self.rng, self.w
+        r = rng.random()
+        if r < 0.3:
+            self.new_compute()
+        elif r < 0.5 and self.running:
+            key = self.running.pop(rng.randrange(len(self.running)))
+            ev = fail(key) if rng.random() < 0.15 else ok(key, nbytes=rng.randint(1, 50))
+            self.step(ev)
+        elif r < 0.7 and self.gathers:
+            peer = rng.choice(list(self.gathers))
+            keys = self.gathers.pop(peer)
+            if rng.random() < 0.2:
+                self.step(GatherFailed(peer, keys))
+            else:
+                have = [k for k in keys if rng.random() < 0.8]
+                self.step(GatherDone(peer, {k: 7 for k in have}, [k for k in keys
+                                                                  if k not in have]))  # fmt: skip
+        elif r < 0.8 and w.tasks:
+            # As the scheduler does: a key is released with the tasks that need it.
+            order, stack = [], [w.tasks[rng.choice(list(w.tasks))]]
+            while stack:
+                ts = stack.pop()
+                if ts.key not in order:
+                    order.append(ts.key)
+                    stack.extend(ts.dependents)
+            self.wanted.difference_update(order)
+            self.step(FreeKeys(order[::-1]))
+        elif r < 0.87:
+            self.step(AddData({f"r{rng.randint(0, 30)}": rng.randint(1, 9)}))
+        elif r < 0.93:
+            from hpcdask.core.worker_state import AcquireReplicas
+
+            key = f"r{rng.randint(0, 30)}"
+            self.step(AcquireReplicas({key: rng.sample(self.PEERS, k=2)}, {key: 5}))
+        elif w.tasks:  # the scheduler asks again for something it already asked for
+            key = rng.choice(list(w.tasks))
+            if key.startswith("t"):
+                self.wanted.add(key)
+                self.step(compute(key))
+
+    def drain(self) -> None:
+        """Everything runs and every fetch succeeds until nothing is left to do."""
+        for _ in range(10_000):
+            if self.running:
+                self.step(ok(self.running.pop()))
+            elif self.gathers:
+                peer, keys = self.gathers.popitem()
+                self.step(GatherDone(peer, dict.fromkeys(keys, 7), []))
+            else:
+                break
+        w = self.w
+        assert not w.executing and not w.in_flight_workers
+        assert w.available_resources == w.total_resources
+        for ts in w.tasks.values():
+            assert ts.state in ("memory", "waiting", "fetch", "missing"), (ts, w.story(ts.key))
+            if ts.state == "waiting":  # only for an input that nobody could provide
+                assert all(d.state in ("missing", "fetch") and not d.who_has
+                           for d in ts.waiting_for), (ts, w.story(ts.key))  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_event_sequences_keep_invariants_and_finish(seed):
+    import random
+
+    d = WorkerDriver(random.Random(seed))
+    for _ in range(120):
+        d.random_event()
+    d.drain()

@@ -4,16 +4,58 @@
 inputs from a peer, send a message to the scheduler, drop data. The data itself lives in the
 server; this class only knows keys, sizes and where inputs can be found.
 
-Task states on a worker: fetch -> flight -> memory for inputs held elsewhere; waiting -> ready
-(-> constrained while resources are busy) -> executing -> memory | error for tasks to compute;
-`cancelled` marks an executing task the scheduler no longer wants (its result is dropped).
+Task states on a worker (`WorkerTaskState`):
+
+    inputs held elsewhere:  released -> fetch -> flight -> memory
+                            flight -> fetch-cancelled (nobody needs it any more, still coming)
+                            flight -> missing (no holder left; the scheduler is told)
+    tasks to compute:       released -> waiting -> ready (-> constrained while resources are
+                            busy) -> executing -> memory | error -> released
+                            executing -> cancelled (the scheduler no longer wants the result)
+
+Every change goes through `_transition` and the table `TRANSITIONS` below: a pair it lacks
+raises `InvalidTransition` with the key's story. Changes are logged with the stimulus that
+caused them; `story(key_or_stimulus)` and `validate()` serve debugging and the tests.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+from ..protocol.records import Compute
+from .exceptions import InvalidTransition
+
+WorkerTaskState = Literal[
+    "released", "fetch", "flight", "fetch-cancelled", "missing", "waiting", "ready",
+    "constrained", "executing", "cancelled", "memory", "error",
+]  # fmt: skip
+STATES: frozenset[str] = frozenset(get_args(WorkerTaskState))
+
+# Every state change a task may make here. Entering and leaving some states has bookkeeping
+# attached (in `_transition`): memory counts bytes, ready and constrained are queues,
+# executing holds a slot, released takes the task out of `tasks`.
+TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
+    ("released", "fetch"), ("released", "waiting"), ("released", "memory"),
+    ("fetch", "flight"), ("fetch", "waiting"), ("fetch", "memory"), ("fetch", "released"),
+    ("flight", "memory"), ("flight", "fetch"), ("flight", "missing"),
+    ("flight", "fetch-cancelled"), ("flight", "waiting"), ("flight", "released"),
+    ("fetch-cancelled", "flight"), ("fetch-cancelled", "released"),
+    ("fetch-cancelled", "memory"), ("fetch-cancelled", "waiting"),
+    ("missing", "fetch"), ("missing", "waiting"), ("missing", "memory"),
+    ("missing", "released"),
+    ("waiting", "ready"), ("waiting", "memory"), ("waiting", "released"),
+    ("ready", "executing"), ("ready", "constrained"), ("ready", "memory"),
+    ("ready", "released"),
+    ("constrained", "executing"), ("constrained", "memory"), ("constrained", "released"),
+    ("executing", "memory"), ("executing", "error"), ("executing", "cancelled"),
+    ("cancelled", "executing"), ("cancelled", "released"), ("cancelled", "memory"),
+    ("error", "released"),
+    ("memory", "released"),
+})  # fmt: skip
 
 MAX_FLIGHTS = 8  # concurrent fetches from peers
 FETCH_BATCH_BYTES = 64 * 2**20  # keys per request to a peer, up to this size
@@ -22,15 +64,9 @@ FETCH_BATCH_BYTES = 64 * 2**20  # keys per request to a peer, up to this size
 # ---------------------------------------------------------------- events
 
 
-@dataclass(slots=True)
-class ComputeTask:
-    key: str
-    func: Any
-    args: Any
-    who_has: dict  # dependency key -> list of addresses
-    nbytes: dict
-    priority: int = 0
-    resources: dict | None = None
+# Run a task: the wire record itself (`op`, key, func, args, who_has, nbytes, priority,
+# resources), read without a copy.
+ComputeTask = Compute
 
 
 @dataclass(slots=True)
@@ -113,9 +149,9 @@ class WTask:
         "replica",
     )  # fmt: skip
 
-    def __init__(self, key: str, state: str) -> None:
+    def __init__(self, key: str) -> None:
         self.key = key
-        self.state = state
+        self.state: WorkerTaskState = "released"  # until its first transition
         self.func: Any = None
         self.args: Any = None
         self.priority = 0
@@ -135,7 +171,7 @@ class WTask:
 
 class WorkerState:
     def __init__(self, address: str, nthreads: int = 1, resources: dict | None = None,
-                 prefetch: int = 0) -> None:  # fmt: skip
+                 prefetch: int = 0, log_length: int = 10_000) -> None:  # fmt: skip
         self.address = address
         self.nthreads = nthreads
         # Tasks handed to the executor beyond nthreads, so that threads never wait for the
@@ -144,12 +180,14 @@ class WorkerState:
         self.total_resources = dict(resources or {})
         self.available_resources = dict(resources or {})
         self.tasks: dict[str, WTask] = {}
-        self.ready: list[tuple[int, int, WTask]] = []
+        self.ready: list[tuple[int, int, WTask]] = []  # may hold stale entries; by state
         self.constrained: list[WTask] = []
         self.executing: set[WTask] = set()
         self.in_flight_workers: dict[str, set[WTask]] = {}
         self.to_fetch: set[WTask] = set()  # may hold stale entries; filtered by state
         self.nbytes_in_memory = 0
+        self.log: deque = deque(maxlen=log_length)
+        self._stim = ""
         self._seq = 0
         self._out: list = []
         self._handlers = {
@@ -163,17 +201,60 @@ class WorkerState:
             AcquireReplicas: self._acquire_replicas,
         }
 
-    def handle(self, *events: Any) -> list:
+    def handle(self, *events: Any, stimulus_id: str | None = None) -> list:
+        """Apply events in order and return the instructions they produced.
+
+        `stimulus_id` names their cause for the story (the server passes which message from
+        which peer); without it the event's type is logged."""
         for ev in events:
+            self._stim = stimulus_id or type(ev).__name__
             self._handlers[type(ev)](ev)
         self._ensure_fetching()
         self._ensure_computing()
         out, self._out = self._out, []
         return out
 
+    def story(self, *keys_or_stimuli: str) -> list[tuple]:
+        """Every logged transition of these keys, or caused by these stimuli:
+        (key, start, finish, stimulus, time)."""
+        wanted = set(keys_or_stimuli)
+        return [entry for entry in self.log if entry[0] in wanted or entry[3] in wanted]
+
     @property
     def in_memory(self) -> list[str]:
         return [k for k, ts in self.tasks.items() if ts.state == "memory"]
+
+    # ------------------------------------------------------------ the transition table
+
+    def _new(self, key: str, finish: WorkerTaskState) -> WTask:
+        ts = self.tasks[key] = WTask(key)
+        self._transition(ts, finish)
+        return ts
+
+    def _transition(self, ts: WTask, finish: WorkerTaskState) -> None:
+        """The only place a task's state changes, with the bookkeeping tied to states."""
+        start = ts.state
+        if (start, finish) not in TRANSITIONS:
+            raise InvalidTransition(ts.key, start, finish, self.story(ts.key))
+        if start == "memory":
+            self.nbytes_in_memory -= ts.nbytes
+        elif start == "constrained":
+            self.constrained.remove(ts)
+        ts.state = finish
+        if finish == "memory":
+            self.nbytes_in_memory += ts.nbytes
+        elif finish == "ready":
+            self._seq += 1
+            heapq.heappush(self.ready, (ts.priority, self._seq, ts))
+        elif finish == "constrained":
+            self.constrained.append(ts)
+        elif finish == "executing" and start != "cancelled":  # (a cancelled one still runs)
+            self.executing.add(ts)
+            self._out.append(Execute(ts.key))
+        elif finish == "released":
+            if self.tasks.get(ts.key) is ts:
+                del self.tasks[ts.key]
+        self.log.append((ts.key, start, finish, self._stim, time.time()))
 
     # ------------------------------------------------------------ events
 
@@ -185,30 +266,42 @@ class WorkerState:
                                                   "nbytes": ts.nbytes, "type": "", "duration": 0.0}))  # fmt: skip
                 return
             if ts.state == "cancelled":  # asked again while still running: keep the result
-                ts.state = "executing"
+                self._transition(ts, "executing")
                 return
             if ts.state in ("waiting", "ready", "constrained", "executing"):
                 return
             # it was only an input we were fetching: now we also compute it
+            ts.func, ts.args, ts.priority, ts.resources = (
+                ev.func,
+                ev.args,
+                ev.priority,
+                ev.resources,
+            )
+            self._transition(ts, "waiting")
         else:
-            ts = self.tasks[ev.key] = WTask(ev.key, "waiting")
-        ts.state = "waiting"
-        ts.func = ev.func
-        ts.args = ev.args
-        ts.priority = ev.priority
-        ts.resources = ev.resources
+            ts = self.tasks[ev.key] = WTask(ev.key)
+            ts.func, ts.args, ts.priority, ts.resources = (
+                ev.func,
+                ev.args,
+                ev.priority,
+                ev.resources,
+            )
+            self._transition(ts, "waiting")
         stranded = []
         for dkey, addresses in ev.who_has.items():
             dts = self.tasks.get(dkey)
             if dts is None:
-                dts = self.tasks[dkey] = WTask(dkey, "fetch")
+                dts = self.tasks[dkey] = WTask(dkey)
                 dts.nbytes = ev.nbytes.get(dkey, 0)
+                self._transition(dts, "fetch")
             if dts.state == "fetch-cancelled":  # still on its way: wanted again after all
-                dts.state = "flight"
+                self._transition(dts, "flight")
+            elif dts.state == "cancelled":  # still running here: keep its result after all
+                self._transition(dts, "executing")
             if dts.state in ("fetch", "flight", "missing"):
                 dts.who_has.update(a for a in addresses if a != self.address)
                 if dts.state == "missing":
-                    dts.state = "fetch"
+                    self._transition(dts, "fetch")
                 if dts.state == "fetch":
                     self.to_fetch.add(dts)
             ts.dependencies.append(dts)
@@ -218,10 +311,11 @@ class WorkerState:
             if dts.state == "fetch" and not dts.who_has:
                 stranded.append(dts)
         for dts in stranded:  # nobody else to fetch it from: the scheduler must know now
-            dts.state = "flight"
-            self._refetch(dts, self.address)
+            if dts.state == "fetch":  # (not forgotten with the task a previous one dropped)
+                self._transition(dts, "flight")
+                self._refetch(dts, self.address)
         if ts.state == "waiting" and not ts.waiting_for:
-            self._make_ready(ts)
+            self._transition(ts, "ready")
 
     def _free(self, ev: FreeKeys) -> None:
         for key in ev.keys:
@@ -229,7 +323,7 @@ class WorkerState:
             if ts is None:
                 continue
             if ts.state == "executing":
-                ts.state = "cancelled"
+                self._transition(ts, "cancelled")
                 continue
             if ts.state == "cancelled":
                 continue
@@ -251,9 +345,10 @@ class WorkerState:
             self._inputs_done(ts)
             self._forget(ts)
             return
-        ts.state = "memory"
+        if ts.state != "executing":  # its data arrived another way meanwhile (scatter)
+            return
         ts.nbytes = ev.nbytes
-        self.nbytes_in_memory += ev.nbytes
+        self._transition(ts, "memory")
         self._out.append(SendToScheduler({"op": "task-finished", "key": ts.key, "nbytes": ev.nbytes,
                                           "type": ev.typename, "duration": ev.duration}))  # fmt: skip
         self._inputs_done(ts)
@@ -267,7 +362,9 @@ class WorkerState:
         if ts.state == "cancelled":
             self._forget(ts)
             return
-        ts.state = "error"
+        if ts.state != "executing":
+            return
+        self._transition(ts, "error")
         self._out.append(SendToScheduler({"op": "task-erred", "key": ts.key,
                                           "exception": ev.exception, "traceback": ev.traceback,
                                           "text": ev.text}))  # fmt: skip
@@ -282,15 +379,25 @@ class WorkerState:
             if ts.key in ev.nbytes:
                 if ts.state == "memory":  # it arrived another way meanwhile (scatter)
                     continue
+                if ts.state in ("waiting", "ready", "constrained"):
+                    # Asked to compute it meanwhile: its data is here, which is as good.
+                    self._inputs_done(ts)
+                    ts.nbytes = ev.nbytes[ts.key]
+                    self._transition(ts, "memory")
+                    self._out.append(SendToScheduler({"op": "task-finished", "key": ts.key,
+                                                      "nbytes": ts.nbytes, "type": "",
+                                                      "duration": 0.0}))  # fmt: skip
+                    self._wake_dependents(ts)
+                    continue
+                if ts.state in ("executing", "cancelled"):  # its own result will replace it
+                    continue
                 if ts.state != "flight":  # nobody needs it any more
                     self._out.append(DropData([ts.key]))
-                    if self.tasks.get(ts.key) is ts:
-                        del self.tasks[ts.key]
-                    ts.state = "released"
+                    if ts.state != "released":
+                        self._transition(ts, "released")
                     continue
-                ts.state = "memory"
                 ts.nbytes = ev.nbytes[ts.key]
-                self.nbytes_in_memory += ts.nbytes
+                self._transition(ts, "memory")
                 received[ts.key] = ts.nbytes
                 self._wake_dependents(ts)
             else:
@@ -311,19 +418,26 @@ class WorkerState:
             ts.coming_from = None
             self._refetch(ts, ev.worker)
         for ts in stranded:  # queued fetches whose only holder was that peer
-            ts.state = "flight"
-            self._refetch(ts, ev.worker)
+            if ts.state == "fetch":
+                self._transition(ts, "flight")
+                self._refetch(ts, ev.worker)
 
     def _add_data(self, ev: AddData) -> None:
         for key, nbytes in ev.nbytes.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = WTask(key, "memory")
-            elif ts.state == "memory":
-                self.nbytes_in_memory -= ts.nbytes
-            ts.state = "memory"
+                ts = self.tasks[key] = WTask(key)
+            elif ts.state == "memory":  # a new copy replaces the old one
+                self.nbytes_in_memory += nbytes - ts.nbytes
+                ts.nbytes = nbytes
+                self._wake_dependents(ts)
+                continue
+            elif ts.state in ("executing", "cancelled"):  # its own result is on the way
+                continue
+            if ts.state in ("waiting", "ready", "constrained"):
+                self._inputs_done(ts)
             ts.nbytes = nbytes
-            self.nbytes_in_memory += nbytes
+            self._transition(ts, "memory")
             self._wake_dependents(ts)
 
     def _acquire_replicas(self, ev: AcquireReplicas) -> None:
@@ -331,19 +445,20 @@ class WorkerState:
         for key, holders in ev.who_has.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = WTask(key, "fetch")
+                ts = self.tasks[key] = WTask(key)
                 ts.nbytes = ev.nbytes.get(key, 0)
+                self._transition(ts, "fetch")
             elif ts.state == "memory":  # already here: make sure the scheduler knows
                 have[key] = ts.nbytes
                 continue
             elif ts.state == "fetch-cancelled":
-                ts.state = "flight"
+                self._transition(ts, "flight")
             if ts.state not in ("fetch", "flight", "missing"):
                 continue  # being computed here: it will be reported when done
             ts.replica = True
             ts.who_has.update(a for a in holders if a != self.address)
             if ts.state == "missing" and ts.who_has:
-                ts.state = "fetch"
+                self._transition(ts, "fetch")
             if ts.state == "fetch":
                 self.to_fetch.add(ts)
         if have:
@@ -357,10 +472,10 @@ class WorkerState:
                 self._forget(ts)
             return
         if ts.who_has:
-            ts.state = "fetch"
+            self._transition(ts, "fetch")
             self.to_fetch.add(ts)
             return
-        ts.state = "missing"
+        self._transition(ts, "missing")
         ts.replica = False  # nobody has it any more; the scheduler plans again
         for dep in list(ts.dependents):
             self._out.append(SendToScheduler({"op": "missing-data", "key": ts.key,
@@ -370,17 +485,12 @@ class WorkerState:
         if not ts.dependents:
             self._forget(ts)
 
-    def _make_ready(self, ts: WTask) -> None:
-        ts.state = "ready"
-        self._seq += 1
-        heapq.heappush(self.ready, (ts.priority, self._seq, ts))
-
     def _wake_dependents(self, ts: WTask) -> None:
         for dep in ts.dependents:
             if dep.state == "waiting" and ts in dep.waiting_for:
                 dep.waiting_for.discard(ts)
                 if not dep.waiting_for:
-                    self._make_ready(dep)
+                    self._transition(dep, "ready")
 
     def _inputs_done(self, ts: WTask) -> None:
         """`ts` ran: its inputs stay (the scheduler frees them) but stop pointing at it."""
@@ -391,6 +501,7 @@ class WorkerState:
             ):
                 self._forget(dts)
         ts.dependencies = []
+        ts.waiting_for = set()
         ts.func = ts.args = None
 
     def _drop_compute(self, ts: WTask) -> None:
@@ -402,31 +513,29 @@ class WorkerState:
             if dts.state in ("fetch", "missing"):
                 self._forget(dts)
             elif dts.state == "flight":
-                dts.state = "fetch-cancelled"
+                self._transition(dts, "fetch-cancelled")
         ts.dependencies = []
         ts.waiting_for = set()
-        if ts in self.constrained:
-            self.constrained.remove(ts)
-        self.tasks.pop(ts.key, None)
-        ts.state = "released"
+        self._transition(ts, "released")
 
     def _forget(self, ts: WTask, drop: bool = True) -> None:
         if ts.state in ("waiting", "ready", "constrained"):
             self._drop_compute(ts)
             return
         if ts.state == "flight":
-            ts.state = "fetch-cancelled"
+            self._transition(ts, "fetch-cancelled")
             return
-        if ts.state == "memory":
-            self.nbytes_in_memory -= ts.nbytes
+        if ts.state == "released":
+            return
         if drop and ts.state in ("memory", "cancelled"):
             self._out.append(DropData([ts.key]))
         for dts in ts.dependencies:
             dts.dependents.discard(ts)
-        self.tasks.pop(ts.key, None)
-        ts.state = "released"
+        self._transition(ts, "released")
 
     def _release_slot(self, ts: WTask) -> None:
+        if ts not in self.executing:
+            return
         self.executing.discard(ts)
         if ts.resources:
             for name, amount in ts.resources.items():
@@ -437,22 +546,18 @@ class WorkerState:
             ts = self._next_runnable()
             if ts is None:
                 return
-            ts.state = "executing"
-            self.executing.add(ts)
-            self._out.append(Execute(ts.key))
+            self._transition(ts, "executing")
 
     def _next_runnable(self) -> WTask | None:
         for ts in self.constrained:
             if self._acquire(ts):
-                self.constrained.remove(ts)
                 return ts
         while self.ready:
             ts = heapq.heappop(self.ready)[2]
             if ts.state != "ready":
                 continue
             if ts.resources and not self._acquire(ts):
-                ts.state = "constrained"
-                self.constrained.append(ts)
+                self._transition(ts, "constrained")
                 continue
             return ts
         return None
@@ -490,10 +595,46 @@ class WorkerState:
                 size += ts.nbytes
             for ts in batch:
                 self.to_fetch.discard(ts)
-                ts.state = "flight"
+                self._transition(ts, "flight")
                 ts.coming_from = worker
             self.in_flight_workers[worker] = set(batch)
             self._out.append(GatherDep(worker, [ts.key for ts in batch]))
+
+    # ------------------------------------------------------------ checks for tests
+
+    def validate(self) -> None:
+        """Assert the invariants between the task table and the worker's queues."""
+        for key, ts in self.tasks.items():
+            assert ts.key == key and ts.state in STATES and ts.state != "released", ts
+            for dts in ts.dependencies:
+                assert ts in dts.dependents, (ts, dts)
+                assert self.tasks.get(dts.key) is dts, (ts, dts)
+            if ts.state == "waiting":
+                assert ts.waiting_for, ts
+                for dts in ts.waiting_for:
+                    assert dts.state != "memory", (ts, dts)
+            if ts.state == "flight":
+                assert ts.coming_from in self.in_flight_workers, ts
+                assert ts in self.in_flight_workers[ts.coming_from], ts
+            if ts.state in ("executing", "cancelled"):
+                assert ts in self.executing, ts
+            if ts.state == "constrained":
+                assert ts in self.constrained, ts
+            if ts.state == "ready":
+                assert any(entry[2] is ts for entry in self.ready), ts
+            if ts.state == "fetch" and (ts.dependents or ts.replica) and ts.who_has:
+                assert ts in self.to_fetch, ts
+        for ts in self.executing:
+            assert ts.state in ("executing", "cancelled"), ts
+            assert self.tasks.get(ts.key) is ts, ts
+        for ts in self.constrained:
+            assert ts.state == "constrained" and self.tasks.get(ts.key) is ts, ts
+        running = [t for t in self.executing if t.state == "executing"]
+        assert len(running) <= self.nthreads + self.prefetch
+        for name, amount in self.available_resources.items():
+            assert 0 <= amount <= self.total_resources.get(name, 0), (name, amount)
+        mem = sum(ts.nbytes for ts in self.tasks.values() if ts.state == "memory")
+        assert self.nbytes_in_memory == mem, (self.nbytes_in_memory, mem)
 
 
 def _fetch_priority(ts: WTask) -> int:

@@ -205,8 +205,9 @@ class Scheduler(Server):
                 if ins.func not in sent:
                     sent.add(ins.func)
                     bs.send(rec.Func(rec.FUNC, ins.func, self.funcs.get(ins.func)))
-                bs.send(rec.Compute(rec.COMPUTE, ins.key, ins.func, ins.args, ins.who_has,
-                                    ins.nbytes, ins.priority, ins.resources))  # fmt: skip
+                bs.send(rec.make(rec.Compute, (rec.COMPUTE, ins.key, ins.func, ins.args,
+                                               ins.who_has, ins.nbytes, ins.priority,
+                                               ins.resources)))  # fmt: skip
             elif kind is ev.FreeKeys:
                 bs = send_worker(ins.worker)
                 if bs is not None and not bs.closed():

@@ -117,6 +117,7 @@ class Worker(Server):
         self._threads: list[threading.Thread] = []
         self._avg_duration = 0.01
         self._inline: dict[str, Pickled] = {}
+        self._msg_seq = 0  # numbers the stimulus ids of the story
         self.logs = LogBuffer.attach("hpcdask")
         self.recorder = TaskRecorder()  # task runs and transfers, for the task stream
         self.stream: BatchedSend | None = None
@@ -237,10 +238,8 @@ class Worker(Server):
                 for msg in batch:
                     if type(msg) is list:  # the hot path: records.Compute, Func, Free
                         op = msg[0]
-                        if op == rec.COMPUTE:
-                            c = read(rec.Compute, msg)
-                            events.append(ws.ComputeTask(c.key, c.func, c.args, c.who_has,
-                                                         c.nbytes, c.priority, c.resources))  # fmt: skip
+                        if op == rec.COMPUTE:  # the state machine's ComputeTask event
+                            events.append(read(rec.Compute, msg))
                         elif op == rec.FUNC:
                             f = read(rec.Func, msg)
                             self.funcs[f.fid] = f.pickled
@@ -249,14 +248,14 @@ class Worker(Server):
                         continue
                     if msg.get("op") == "close":
                         if events:
-                            self._handle(*events)
+                            self._handle(*events, cause="scheduler-batch")
                         if msg.get("restart"):
                             reason, code = "restart requested", EXIT_RESTART
                         else:
                             reason, code = "closed by the scheduler", 0
                         return
                 if events:
-                    self._handle(*events)
+                    self._handle(*events, cause="scheduler-batch")
                 batch = events = msg = None
         except (OSError, asyncio.CancelledError):
             pass
@@ -264,19 +263,24 @@ class Worker(Server):
             if self.status == "running":
                 self.spawn(self.close(reason, exit_code=code))
 
-    def _handle(self, *events: Any) -> None:
+    def _handle(self, *events: Any, cause: str = "") -> None:
+        """Feed events to the state machine and carry out what it decides; `cause` names
+        the message and its peer for the story."""
         state = self.state
         self._tune_prefetch()
-        for ins in state.handle(*events):
+        self._msg_seq += 1
+        stim = f"{cause} #{self._msg_seq}" if cause else None
+        for ins in state.handle(*events, stimulus_id=stim):
             kind = type(ins)
             if kind is ws.Execute:
                 self._execute(state.tasks[ins.key])
             elif kind is ws.SendToScheduler:
                 msg = ins.msg
                 if msg["op"] == "task-finished":
-                    msg = rec.TaskFinished(rec.TASK_FINISHED, msg["key"], msg["nbytes"],
-                                           msg["type"], msg["duration"],
-                                           self._inline.pop(msg["key"], None))  # fmt: skip
+                    msg = rec.make(rec.TaskFinished, (
+                        rec.TASK_FINISHED, msg["key"], msg["nbytes"], msg["type"],
+                        msg["duration"], self._inline.pop(msg["key"], None),
+                    ))  # fmt: skip
                 self._send(msg)
             elif kind is ws.GatherDep:
                 self.spawn(self._gather_dep(ins.worker, ins.keys))
@@ -325,7 +329,7 @@ class Worker(Server):
         while results:
             events.append(self._result_event(*results.popleft()))
         if events and self.status == "running":
-            self._handle(*events)
+            self._handle(*events, cause="task-results")
 
     def _load_function(self, fid: Any) -> Any:
         func = self.funcs.get(fid)
@@ -395,7 +399,7 @@ class Worker(Server):
             logger.info("could not fetch %d keys from %s: %s", len(keys), worker, e)
             self.pool.remove(worker)
             if self.status == "running":
-                self._handle(ws.GatherFailed(worker, keys))
+                self._handle(ws.GatherFailed(worker, keys), cause=f"get-data from {worker}")
             return
         nbytes = {}
         for key, value in data.items():
@@ -405,7 +409,8 @@ class Worker(Server):
         self.recorder.transfer(worker, len(nbytes), sum(nbytes.values()), start,
                                time.perf_counter())  # fmt: skip
         if self.status == "running":
-            self._handle(ws.GatherDone(worker, nbytes, [k for k in keys if k not in data]))
+            missing = [k for k in keys if k not in data]
+            self._handle(ws.GatherDone(worker, nbytes, missing), cause=f"get-data from {worker}")
 
     async def _get_data(self, comm: Any, msg: dict) -> dict:
         data = self.data
@@ -417,13 +422,16 @@ class Worker(Server):
             value = value.loads() if type(value) is Pickled else value
             self.data[key] = value
             nbytes[key] = sizeof(value)
-        self._handle(ws.AddData(nbytes))
+        self._handle(ws.AddData(nbytes), cause="update-data")
         return nbytes
 
     async def _acquire_replicas(self, comm: Any, msg: dict) -> None:
         """Copy keys from other workers (one is retiring), through the same fetch machinery
         as a task's inputs: batched per peer, limited in flight, reported as add-keys."""
-        self._handle(ws.AcquireReplicas(msg["who_has"], msg.get("nbytes") or {}))
+        self._handle(
+            ws.AcquireReplicas(msg["who_has"], msg.get("nbytes") or {}),
+            cause="acquire-replicas from the scheduler",
+        )
 
     # ------------------------------------------------------------ other requests
 
