@@ -67,6 +67,20 @@ def test_scheduler_job_script_uses_the_systems_header():
         scheduler_options(cluster, {"cpus": 2})
 
 
+@pytest.mark.parametrize("system", ["pbs", "sge"])
+def test_scheduler_job_script_for_pbs_and_sge(system):
+    from hpcdask.jobqueue import PBSCluster, script
+    from hpcdask.jobqueue.scheduler_job import scheduler_options
+
+    cls = {"pbs": PBSCluster, "sge": SGECluster}[system]
+    cluster = cls.__new__(cls)  # PBS does not run here: its header is checked as text
+    cluster._opts = script.options(system, cores=8, memory="32GB", queue="q1", name="w")
+    text = render_scheduler_script(system, scheduler_options(cluster, True), "/s.json", "/sec")
+    assert ("#PBS -q q1" if system == "pbs" else "#$ -q q1") in text
+    assert ("ncpus=1" if system == "pbs" else "#$ -N w-scheduler") in text
+    assert "hpcdask scheduler --port 0 --scheduler-file /s.json" in text
+
+
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_scheduler_in_its_own_job(system, tmp_path, clusters_dir):
     cluster = CLASSES[system](site=f"ci-{system}", log_directory=str(tmp_path),
