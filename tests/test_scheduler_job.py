@@ -134,3 +134,23 @@ def test_detached_cluster_outlives_its_process(clusters_dir, tmp_path):
 def test_detached_cluster_needs_a_name():
     with pytest.raises(ValueError, match="needs name="):
         SLURMCluster(cores=1, memory="1GB", shutdown_on_close=False, asynchronous=True)
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_scheduler_job_over_tls(tmp_path, clusters_dir):
+    cluster = SLURMCluster(site="ci-slurm", log_directory=str(tmp_path), poll_interval=0.3,
+                           scheduler_job=True, security=True,
+                           shared_temp_directory=str(tmp_path))  # fmt: skip
+    try:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        pems = list(cluster.scheduler.directory.glob("tls-*.pem"))
+        assert len(pems) == 3 and all(p.stat().st_mode & 0o077 == 0 for p in pems)
+        cluster.scale(1)
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert client.submit(sum, [2, 3]).result() == 5
+        jobs = set(cluster.jobs) | {cluster.scheduler.job_id}
+    finally:
+        cluster.close()
+    until(lambda: not (queued("slurm") & jobs), what="every job gone from the queue")

@@ -113,6 +113,24 @@ def render_scheduler_script(system: str, opts: dict, scheduler_file: str,
     return re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
 
 
+def tls_args(security: Any, directory: Path) -> list[str]:
+    """`--tls-*` flags for the scheduler's job; in-memory credentials become 0600 files in the
+    cluster's (0700) directory, removed with it."""
+    memory = security._tls_memory
+    if memory:
+        paths = {}
+        for part in ("ca", "cert", "key"):
+            paths[part] = directory / f"tls-{part}.pem"
+            write_private(paths[part], memory[part].decode())
+        ca, cert, key = paths["ca"], paths["cert"], paths["key"]
+    else:
+        ca = security.tls_ca_file
+        cert = security.tls_scheduler_cert or security.tls_client_cert
+        key = security.tls_scheduler_key or security.tls_client_key
+    args = ["--tls-ca-file", str(ca), "--tls-cert", str(cert)]
+    return args + (["--tls-key", str(key)] if key else [])
+
+
 class BatchScheduler:
     """A scheduler running in a batch job, seen from the cluster that submitted it."""
 
@@ -192,9 +210,6 @@ class BatchScheduler:
 
 async def start(cluster: Any, spec: Any) -> BatchScheduler:
     """Submit the scheduler's job and wait until it serves; the error says why it did not."""
-    if cluster.security.has_tls:
-        raise ValueError("scheduler_job=True does not support TLS yet: the certificates would "
-                         "have to reach the scheduler's node; use the secret alone (the default)")  # fmt: skip
     name = cluster.cluster_name or f"{cluster._opts['name']}-{uuid.uuid4().hex[:8]}"
     directory = cluster_dir(name, create=True)
     if (directory / "scheduler.json").exists():
@@ -204,6 +219,9 @@ async def start(cluster: Any, spec: Any) -> BatchScheduler:
     write_private(secret_file, cluster.security.secret.hex() + "\n")
     scheduler_file = directory / "scheduler.json"
     opts = scheduler_options(cluster, spec)
+    if cluster.security.has_tls:  # the scheduler's certificate, as 0600 files in its directory
+        opts["scheduler_extra_args"] = [*tls_args(cluster.security, directory),
+                                        *opts["scheduler_extra_args"]]  # fmt: skip
     text = render_scheduler_script(cluster.system, opts, str(scheduler_file), str(secret_file))
     job_id = await cluster.batch.submit(text, cwd=cluster._submit_dir)
     record = {"name": name, "system": cluster.system, "scheduler_job": job_id, "jobs": [],
