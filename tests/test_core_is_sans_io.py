@@ -13,7 +13,12 @@ import hpcdask.core
 
 pytestmark = pytest.mark.timeout(30)
 
-FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "threading"}
+FORBIDDEN = {
+    "asyncio", "socket", "ssl", "selectors", "threading", "subprocess", "multiprocessing",
+    "concurrent", "http", "urllib", "psutil", "msgpack", "pickle", "cloudpickle",
+}  # fmt: skip
+# What of hpcdask the core may use: itself, and the wire records (a leaf without imports).
+ALLOWED_HPCDASK = ("hpcdask.core", "hpcdask.protocol.records")
 CORE = Path(hpcdask.core.__file__).parent
 MODULES = sorted(p for p in CORE.rglob("*.py"))
 
@@ -49,6 +54,30 @@ def test_module_imports_and_uses_no_io(path):
     tree = ast.parse(path.read_text(), filename=str(path))
     bad = imported_modules(tree) & FORBIDDEN
     assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def hpcdask_imports(path: Path) -> set[str]:
+    """Absolute names of the hpcdask modules a core module imports (relative ones resolved)."""
+    tree = ast.parse(path.read_text())
+    package = "hpcdask.core"
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                mod = f"{base}.{node.module}" if node.module else base
+                names.update([mod] if node.module else (f"{mod}.{a.name}" for a in node.names))
+            elif (node.module or "").startswith("hpcdask"):
+                names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("hpcdask"))
+    return names
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(CORE)))
+def test_module_imports_no_other_layer(path):
+    bad = {m for m in hpcdask_imports(path) if not m.startswith(ALLOWED_HPCDASK)}
+    assert not bad, f"{path.name} imports {sorted(bad)}; the core depends on nothing above it"
 
 
 def test_every_core_module_imports():

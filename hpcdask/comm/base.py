@@ -11,6 +11,7 @@ import abc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from hpcdask.protocol import auth
 from hpcdask.protocol import device as _device
 
 __all__ = ["Backend", "Comm", "CommClosedError", "Listener", "frame_nbytes", "host_only"]
@@ -45,8 +46,6 @@ class Comm(abc.ABC):
         # tiny sizes from the very first byte, so an unauthenticated peer cannot make us
         # allocate memory. Set here, not by the handshake, because the transport may parse the
         # peer's first message before the handshake coroutine gets to run.
-        from hpcdask.protocol import auth
-
         self._limit_count = auth.CLIENT_MESSAGES if initiator else auth.SERVER_MESSAGES
         self._limit_frames = auth.MAX_FRAMES
         self._limit_bytes = auth.MAX_FRAME_BYTES

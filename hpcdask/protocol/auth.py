@@ -29,12 +29,14 @@ VERSION = b"hpcdask-auth-1"
 OK = b"ok"
 REFUSED = b"refused"
 NONCE_BYTES = 32
-MAX_FRAME_BYTES = 64  # every handshake frame is at most this long
+# Bounds every comm applies to its first incoming messages (comm/base.py reads them), until
+# the handshake lifts them: every handshake frame is at most MAX_FRAME_BYTES long and a
+# message MAX_FRAMES frames. The client receives exactly CLIENT_MESSAGES handshake messages
+# and the server may start talking right after its second one; the server's bounds hold until
+# it clears them on success, so a client that pipelines data before proving itself cannot
+# make us allocate for it. This module imports nothing from the comm layer above it.
+MAX_FRAME_BYTES = 64
 MAX_FRAMES = 2
-# How many incoming messages the bounds apply to. The client receives exactly two handshake
-# messages and the server may start talking right after its second one. The server's bounds
-# hold until it clears them on success, so a client that pipelines data before proving itself
-# cannot make us allocate for it.
 CLIENT_MESSAGES = 2
 SERVER_MESSAGES = 1 << 62
 
@@ -58,14 +60,14 @@ def _frames(frames: list, n: int, what: str) -> list[bytes]:
 
 
 async def _run(coro, timeout: float | None, comm: Comm):
-    from hpcdask.comm.base import CommClosedError
-
     timeout = auth_timeout() if timeout is None else timeout
     try:
         return await asyncio.wait_for(coro, timeout)
     except asyncio.TimeoutError:
         raise AuthenticationError(f"no authentication from {comm.peer_address} within {timeout:g}s")
-    except CommClosedError as e:
+    except AuthenticationError:
+        raise
+    except OSError as e:  # CommClosedError (an OSError): the peer or the transport went away
         raise AuthenticationError(f"connection closed during the handshake: {e}") from e
 
 
