@@ -91,7 +91,10 @@ def test_loopback_cluster_runs_tasks_with_the_secret_kept_off_command_lines():
         logs = cluster.get_logs()
         assert "Scheduler" in logs and len(logs) == 3
         assert "workers=2" in repr(cluster) and cluster.name == "SSHCluster"
-        cluster.scale(1)  # scale down works; the scheduler picks the idlest host
+        cluster.scale(3)  # a third worker, on the worker host with the fewest
+        client.wait_for_workers(3, timeout=30)
+        pids |= set(client.run(_pid).values())
+        cluster.scale(1)  # scale down retires the idlest
         wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=30)
     remaining = [p for p in pids if os.path.exists(f"/proc/{p}")]
     wait_for(lambda: not [p for p in remaining if os.path.exists(f"/proc/{p}")], timeout=20)

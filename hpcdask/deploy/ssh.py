@@ -264,17 +264,29 @@ class SSHCluster(SpecCluster):
         scheduler = {"cls": SSHScheduler, "options": {
             "address": hosts[0], "connect_options": options[0], "remote_python": pythons[0],
             "kwargs": dict(scheduler_options or {}), **common}}  # fmt: skip
+        # one spec per worker host; scale() beyond the initial workers adds to the least used
+        self._host_specs = [{"cls": SSHWorker, "options": {
+            "address": host, "connect_options": options[i], "kwargs": worker_options,
+            "worker_class": worker_class, "remote_python": pythons[i], **common}}
+            for i, host in enumerate(hosts) if i]  # fmt: skip
         workers = {}
-        for i, host in enumerate(hosts[1:], start=1):
+        for i, spec in enumerate(self._host_specs, start=1):
             for j in range(n_per_host):
-                wname = f"{host}-{i}-{j}" if n_per_host > 1 else f"{host}-{i}"
-                workers[wname] = {"cls": SSHWorker, "options": {
-                    "address": host, "connect_options": options[i], "kwargs": worker_options,
-                    "worker_class": worker_class, "remote_python": pythons[i], **common}}  # fmt: skip
+                host = hosts[i]
+                workers[f"{host}-{i}-{j}" if n_per_host > 1 else f"{host}-{i}"] = spec
         self.hosts = hosts
         super().__init__(workers=workers, scheduler=scheduler, asynchronous=asynchronous,
                          security=security, name=name or "SSHCluster")  # fmt: skip
 
+    def new_worker_spec(self) -> dict:
+        """One more worker, on the worker host that runs the fewest."""
+        use = collections.Counter(s["options"]["address"] for s in self.worker_spec.values())
+        i, spec = min(enumerate(self._host_specs, start=1),
+                      key=lambda e: use[e[1]["options"]["address"]])  # fmt: skip
+        while (name := f"{self.hosts[i]}-{i}-{next(self._counter)}") in self.worker_spec:
+            pass
+        return {name: {"cls": spec["cls"], "options": dict(spec["options"])}}
+
     def _threads_per_worker(self) -> int:
-        spec = next(iter(self.worker_spec.values()), None)
-        return int((spec or {}).get("options", {}).get("kwargs", {}).get("nthreads") or 1)
+        spec = self._host_specs[0]
+        return int(spec["options"].get("kwargs", {}).get("nthreads") or 1)
