@@ -48,7 +48,8 @@ def make(tmp_path):
     clusters = []
 
     def make(system, **kw):
-        kw = {"site": f"ci-{system}", "log_directory": str(tmp_path), "poll_interval": 0.3, **kw}
+        kw = {"site": f"ci-{system}", "log_directory": str(tmp_path), "poll_interval": 0.3,
+              "poll_interval_max": 1.0, **kw}  # fmt: skip
         cluster = CLASSES[system](**kw)
         clusters.append(cluster)
         return cluster

@@ -46,7 +46,7 @@ def make():
     clusters = []
 
     def make(cls, **kw):
-        cluster = cls(poll_interval=0.3, **kw)
+        cluster = cls(poll_interval=0.3, poll_interval_max=1.0, **kw)
         clusters.append(cluster)
         return cluster
 
@@ -100,9 +100,8 @@ def test_tls_with_security_true(system, make, tmp_path):
 @requires_slurm
 def test_tls_with_certificate_files(make, tmp_path):
     from hpcdask import Security
-    from hpcdask.comm._tlsutil import make_temporary_credentials
 
-    pems = make_temporary_credentials()
+    pems = Security.temporary()._tls_memory  # a CA and a certificate it signed, as PEM bytes
     for part, data in pems.items():
         (tmp_path / f"{part}.pem").write_bytes(data)
         (tmp_path / f"{part}.pem").chmod(0o600)

@@ -15,7 +15,6 @@ import os
 import subprocess
 import time
 import uuid
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from ..deploy.cluster import Cluster
 from ..utils.sizes import parse_bytes
-from . import script
+from . import credentials, script
 from .batch import (
     CANCELLED,
     ENDED,
@@ -97,7 +96,8 @@ class JobQueueCluster(Cluster):
                  loop: Any = None, silence_logs: Any = None, dashboard_address: Any = None,
                  host: Any = None, scheduler_cls: Any = None, scheduler_job: Any = False,
                  shutdown_on_close: bool = True, **options: Any) -> None:  # fmt: skip
-        _check_cluster_keywords(type(self).__name__, dashboard_address, host, scheduler_cls)
+        credentials.check_cluster_keywords(type(self).__name__, dashboard_address, host,
+                                           scheduler_cls)  # fmt: skip
         # the scheduler in a job of its own (scheduler_job.py); a detached cluster needs one
         self._scheduler_job = scheduler_job or (not shutdown_on_close and {})
         if not shutdown_on_close and not options.get("name"):
@@ -111,8 +111,9 @@ class JobQueueCluster(Cluster):
         if security is True or getattr(security, "has_tls", False):
             self._opts["protocol"] = self._opts.get("protocol") or "tls"  # as dask-jobqueue
         self._ctx = script.context(self.system, self._opts)  # fails early on missing cores/memory
-        self._tls_files: list[Path] = []
-        security, self._worker_security = self._security(security)
+        security, self._worker_security, self._tls_files = credentials.for_jobs(
+            security, self._opts.get("shared_temp_directory")
+        )
         self._ctx["tls_args"] = script.tls_args(self._worker_security)
         sched = dict(self._opts.get("scheduler_options") or {})
         if not {"interface", "host"} & set(sched) and self._opts.get("interface"):
@@ -120,7 +121,7 @@ class JobQueueCluster(Cluster):
         if "protocol" not in sched and self._opts.get("protocol"):
             sched["protocol"] = self._opts["protocol"]
         if silence_logs:
-            _silence(silence_logs)
+            credentials.silence(silence_logs)
         log_directory = self._opts.get("log_directory")
         if log_directory:  # the batch system does not create it, and the job then dies unseen
             self._opts["log_directory"] = os.path.expanduser(log_directory)
@@ -159,57 +160,6 @@ class JobQueueCluster(Cluster):
         if self._script:
             return self._script
         return script.render(self.system, self._ctx)
-
-    def _security(self, security: Any) -> tuple[Any, Any]:
-        """(the scheduler's Security, the one whose files the workers' --tls-* flags name).
-
-        `security=True` makes temporary credentials, as dask-jobqueue does; the workers get
-        them as 0600 files in `shared_temp_directory` (default: the current directory, with
-        dask-jobqueue's warning), removed when the cluster closes."""
-        if security is None or security is False:
-            return None, None
-        if security is not True:
-            from ..security import Security
-
-            if not isinstance(security, Security):
-                raise TypeError(
-                    f"security= takes hpcdask.Security or True, not {type(security).__name__}"
-                )
-            return security, security
-        from ..security import Security
-
-        security = Security.temporary()
-        folder = self._opts.get("shared_temp_directory")
-        if folder is None:
-            folder = os.getcwd()
-            warnings.warn(
-                "Using a temporary security object without explicitly setting a "
-                f"shared_temp_directory: writing temp files to current working directory "
-                f"({folder}) instead. You can set this value by using dask for e.g. "
-                "`dask.config.set({'jobqueue.pbs.shared_temp_directory': '~'})` or in "
-                "~/.config/dask/jobqueue.yaml (or hpcdask's jobqueue.<system>.shared-temp-directory)",
-                UserWarning,
-                stacklevel=script._user_stacklevel(),
-            )
-        folder = os.path.expanduser(os.path.expandvars(folder))
-        tag = uuid.uuid4().hex[:12]
-        paths = {}
-        for part in ("ca", "cert", "key"):
-            path = Path(folder) / f".hpcdask-jobqueue.worker.{part}.{tag}.pem"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except OSError as e:
-                raise OSError(
-                    f"cannot write the temporary TLS credentials to shared_temp_directory "
-                    f"{folder}: {e.strerror}"
-                ) from None
-            with os.fdopen(fd, "wb") as f:
-                f.write(security._tls_memory[part])
-            self._tls_files.append(path)
-            paths[part] = str(path)
-        worker = Security(tls_ca_file=paths["ca"], tls_worker_cert=paths["cert"],
-                          tls_worker_key=paths["key"])  # fmt: skip
-        return security, worker
 
     def _write_secret(self) -> Path:
         from ..security import secrets_dir
@@ -428,7 +378,7 @@ class JobQueueCluster(Cluster):
             calm = self._backoff and not changed and not self._waiting
             interval = min(top, interval * 2) if calm else base
             try:
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self._wake.wait(), min(interval, self._next_due()))
             except asyncio.TimeoutError:
                 pass
 
@@ -476,6 +426,15 @@ class JobQueueCluster(Cluster):
         job.state = CANCELLED if job.cancelled and st.state in (FAILED, GONE) else st.state
         if not job.cancelled and not job.connected:
             logger.warning("%s: %s ended before its workers connected", self.name, job.describe())
+
+    def _next_due(self) -> float:
+        """Seconds until a running job is due for its replacement (inf if none is)."""
+        life = self._lifetime
+        if not life or not self._opts.get("replace_expiring"):
+            return math.inf
+        lead = self._ctx["lifetime_margin"]
+        starts = [j.started for j in self._active() if j.started]
+        return max(0.05, min(starts) + life - lead - time.time()) if starts else math.inf
 
     async def _replace_expiring(self, now: float) -> None:
         """Submit a new job when a running one nears its workers' lifetime, so that the
@@ -596,46 +555,6 @@ class JobQueueCluster(Cluster):
         for path in [self._secret_path, *self._tls_files]:
             if path is not None:
                 path.unlink(missing_ok=True)
-
-
-def _check_cluster_keywords(
-    cls: str, dashboard_address: Any, host: Any, scheduler_cls: Any
-) -> None:
-    """dask-jobqueue's cluster keywords that belong elsewhere, with its advice."""
-    if dashboard_address is not None:
-        raise ValueError(
-            "Please pass 'dashboard_address' through 'scheduler_options': use\n"
-            f'cluster = {cls}(..., scheduler_options={{"dashboard_address": ":12345"}}) rather '
-            f'than\ncluster = {cls}(..., dashboard_address="12435")'
-        )
-    if host is not None:
-        raise ValueError(
-            "Please pass 'host' through 'scheduler_options': use\n"
-            f'cluster = {cls}(..., scheduler_options={{"host": "your-host"}}) rather than\n'
-            f'cluster = {cls}(..., host="your-host")'
-        )
-    if scheduler_cls is not None:
-        from ..scheduler import Scheduler
-
-        name = (
-            getattr(scheduler_cls, "__module__", "") + "." + getattr(scheduler_cls, "__name__", "")
-        )
-        if scheduler_cls is not Scheduler and not name.startswith("distributed."):
-            raise ValueError(
-                f"scheduler_cls={scheduler_cls!r} is not supported: the cluster runs hpcdask's "
-                "Scheduler (pass its options through scheduler_options)"
-            )
-
-
-def _silence(level: Any) -> None:
-    """dask-jobqueue's silence_logs: the level below which the in-process scheduler is quiet."""
-    if level is True:
-        level = "error"
-    if isinstance(level, str):
-        level = logging.getLevelName(level.upper())
-    if not isinstance(level, int):
-        raise ValueError(f"silence_logs={level!r}: give a level such as 'error' or 'warning'")
-    logging.getLogger("hpcdask.scheduler").setLevel(level)
 
 
 def _cancel_leftovers(cancel_command: list[str], jobs: dict[str, Job], files: list) -> None:
