@@ -18,6 +18,8 @@ from collections import Counter, deque
 from operator import attrgetter
 from typing import Any
 
+import msgpack
+
 from ..plugins import SchedulerPlugin
 
 logger = logging.getLogger("hpcdask.diagnostics")
@@ -47,40 +49,45 @@ def _hexish(word: str) -> bool:
 
 
 class RecordLog:
-    """Records as the workers sent them, one batch per worker per poll, newest last.
+    """Records as the workers sent them (msgpack blobs), one batch per worker per poll.
 
-    Nothing is converted on arrival (a poll at 20,000 tasks/s must stay cheap); readers convert
-    the few they need. Past `maxlen` records the oldest batches are dropped.
+    Nothing is decoded on arrival (a poll at 20,000 tasks/s must stay cheap): a batch is
+    unpacked the first time someone reads it, and readers convert only the rows they need.
+    Past `maxlen` records the oldest batches are dropped.
     """
 
     def __init__(self, maxlen: int) -> None:
-        self.batches: deque = deque()  # (index of first row, worker, clock offset, rows)
+        self.batches: deque = deque()  # [index of first row, worker, clock offset, rows, n]
         self.count = 0  # rows ever added: the cursor pages ask "since"
         self.size = 0
         self.maxlen = maxlen
 
-    def add(self, worker: str, offset: float, rows: list) -> None:
-        if not rows:
+    def add(self, worker: str, offset: float, rows: bytes | list, n: int) -> None:
+        if not n:
             return
-        self.batches.append((self.count, worker, offset, rows))
-        self.count += len(rows)
-        self.size += len(rows)
-        while self.size - len(self.batches[0][3]) >= self.maxlen:
-            self.size -= len(self.batches.popleft()[3])
+        self.batches.append([self.count, worker, offset, rows, n])
+        self.count += n
+        self.size += n
+        while self.size - self.batches[0][4] >= self.maxlen:
+            self.size -= self.batches.popleft()[4]
 
-    def since(self, cursor: int, limit: int | None = None) -> list[tuple[str, float, list]]:
+    def since(self, cursor: int, limit: int | None = None) -> list[tuple[str, float, tuple]]:
         """(worker, offset, row) for rows after `cursor`, oldest first; past `limit` rows an
         evenly spaced sample of them (a page cannot draw 20,000 tasks a second anyway)."""
         picked = []
         n = 0
         for batch in reversed(self.batches):
-            if batch[0] + len(batch[3]) <= cursor:
+            first, size = batch[0], batch[4]
+            if first + size <= cursor:
                 break
             picked.append(batch)
-            n += len(batch[3])
+            n += min(size, first + size - cursor)
         step = max(1, -(-n // limit)) if limit else 1
         out = []
-        for first, worker, offset, rows in reversed(picked):
+        for batch in reversed(picked):
+            first, worker, offset, rows = batch[:4]
+            if type(rows) is bytes:
+                rows = batch[3] = msgpack.unpackb(rows, use_list=False)
             start = max(0, cursor - first)
             start += (-(first + start)) % step  # the same global stride across batches
             out.extend((worker, offset, row) for row in rows[start::step])
@@ -186,8 +193,8 @@ class Collector(SchedulerPlugin):
             self._sample_memory()
 
     def _add(self, worker: str, reply: dict) -> None:
-        self.tasks.add(worker, reply["offset"], reply["tasks"])
-        self.transfers.add(worker, reply["offset"], reply["transfers"])
+        self.tasks.add(worker, reply["offset"], reply["tasks"], reply["ntasks"])
+        self.transfers.add(worker, reply["offset"], reply["transfers"], reply["ntransfers"])
         self.bytes_received[worker] = reply.get("bytes_received", 0)
 
     def prefix(self, key: str) -> str:

@@ -12,6 +12,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgpack
+
 
 class TaskRecorder:
     __slots__ = ("tasks", "transfers", "bytes_received", "transfers_done")
@@ -30,7 +32,8 @@ class TaskRecorder:
         self.transfers_done += 1
 
     def drain(self) -> dict:
-        """Everything recorded since the last drain; times are converted to `time.time()`."""
+        """Everything recorded since the last drain, packed with msgpack (one C call instead of
+        a walk per record), with the offset that turns its times into `time.time()`."""
         tasks, transfers = self.tasks, self.transfers
         out_t, out_x = [], []
         pop = tasks.popleft
@@ -40,7 +43,9 @@ class TaskRecorder:
         while transfers:
             out_x.append(pop())
         return {
-            "tasks": out_t, "transfers": out_x, "offset": time.time() - time.perf_counter(),
+            "tasks": msgpack.packb(out_t), "ntasks": len(out_t),
+            "transfers": msgpack.packb(out_x), "ntransfers": len(out_x),
+            "offset": time.time() - time.perf_counter(),
             "bytes_received": self.bytes_received, "transfers_done": self.transfers_done,
         }  # fmt: skip
 
