@@ -286,7 +286,7 @@ class Collector(SchedulerPlugin):
 
     # ------------------------------------------------------------ queries
 
-    def since(self, cursor: int, limit: int | None = 2_000) -> tuple[int, list]:
+    def since(self, cursor: int, limit: int | None = 1_000) -> tuple[int, list]:
         """(new cursor, task records after `cursor`; a sample of them past `limit`)."""
         rec = self.task_record
         return self.tasks.count, [rec(*r) for r in self.tasks.since(cursor, limit)]
