@@ -15,22 +15,26 @@ import sys
 import traceback
 
 from . import backends, core
+from . import collections as colls
+
+BENCHES = {**core.BENCHES, **colls.BENCHES}
+SIZES = {**core.SIZES, **colls.SIZES}
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--bench", required=True, choices=sorted(core.BENCHES))
+    p.add_argument("--bench", required=True, choices=sorted(BENCHES))
     p.add_argument("--backend", required=True, choices=[*backends.BACKENDS, "raw_tcp"])
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = dict(core.SIZES[a.bench]["quick" if a.quick else "full"])
+    params = dict(SIZES[a.bench]["quick" if a.quick else "full"])
     try:
         if a.backend == "raw_tcp":
             result = core.bench_raw_tcp(**params)
         else:
-            result = core.BENCHES[a.bench](backends.get(a.backend), **params)
+            result = BENCHES[a.bench](backends.get(a.backend), **params)
         payload = {"ok": True, "result": result}
     except BaseException as exc:  # report, do not hang: run.py shows the error in the table
         traceback.print_exc()

@@ -32,7 +32,10 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
     __package__ = "benchmarks"
 
 from benchmarks.backends import version_of  # noqa: E402
-from benchmarks.core import SIZES  # noqa: E402
+from benchmarks.collections import SIZES as _COLLECTION_SIZES  # noqa: E402
+from benchmarks.core import SIZES as _CORE_SIZES  # noqa: E402
+
+SIZES = {**_CORE_SIZES, **_COLLECTION_SIZES}
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN_VAR = "HPCDASK_BENCH_TOKEN"
@@ -106,6 +109,56 @@ SPECS: dict[str, Spec] = {
         "holds",
         1,
         (1200, 300),
+    ),
+    "array_mean": Spec(
+        "dask.array (x + x.T).mean(axis=0).sum(), {n:,}² in {chunk}² chunks",
+        "seconds",
+        "s",
+        ("distributed", "hpcdask"),
+        "le",
+        0.5,
+        (300, 120),
+        "{:,.2f}",
+    ),
+    "groupby": Spec(
+        "dask.dataframe groupby-mean, {rows:,} rows in {parts} partitions",
+        "seconds",
+        "s",
+        ("distributed", "hpcdask"),
+        "le",
+        0.5,
+        (300, 120),
+        "{:,.2f}",
+    ),
+    "fine": Spec(
+        "dask.array (ones + 1).sum(), {n:,}² in {chunk}² chunks (40,000+ tasks)",
+        "seconds",
+        "s",
+        ("distributed", "hpcdask"),
+        "le",
+        0.1,
+        (900, 240),
+        "{:,.2f}",
+    ),
+    "shuffle": Spec(
+        "dask.dataframe set_index, {rows:,} rows in {parts} partitions",
+        "seconds",
+        "s",
+        ("distributed", "hpcdask"),
+        "le",
+        1.0,
+        (600, 180),
+        "{:,.2f}",
+    ),
+    "submit": Spec(
+        "{n:,}-task dask.array graph: call to scheduler holding all of it",
+        "submit_s",
+        "s",
+        ("distributed", "hpcdask"),
+        "le",
+        0.5,
+        (900, 240),
+        "{:,.2f}",
     ),
 }
 ORDER = list(SPECS)
