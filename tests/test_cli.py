@@ -94,3 +94,90 @@ def test_scheduler_on_interface_lo():
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+# ------------------------------------------------------------ `dask worker`'s flags
+
+PRELOAD = """
+import click
+
+@click.command()
+@click.option("--greeting", default="none")
+def dask_setup(worker, greeting):
+    worker.greeting = greeting
+"""
+
+
+def test_dask_worker_flags_job_scripts_pass(scheduler_proc, tmp_path):
+    address, _ = scheduler_proc
+    (tmp_path / "greet.py").write_text(PRELOAD)
+    lo = _free_port()
+    pid_file = tmp_path / "worker.pid"
+    worker = subprocess.Popen(
+        [PY, "-m", "hpcdask", "worker", address, "--nworkers", "2", "--nthreads", "1",
+         "--worker-port", f"{lo}:{lo + 5}", "--preload", str(tmp_path / "greet.py"),
+         "--no-dashboard", "--dashboard-address", ":0", "--nanny-port", "9999",
+         "--worker-class", "distributed.Nanny", "--pid-file", str(pid_file),
+         "--", "--greeting", "hello"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with Client(address) as client:
+            client.wait_for_workers(2, timeout=30)
+            greetings = client.run(lambda dask_worker: dask_worker.greeting)
+            assert sorted(greetings.values()) == ["hello", "hello"]  # preloaded in each worker
+            ports = sorted(int(a.rsplit(":", 1)[1]) for a in greetings)
+            assert ports == [lo, lo + 1]
+            assert int(pid_file.read_text()) == worker.pid
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    err = worker.stderr.read()
+    assert "--nanny-port 9999: ignored" in err and "serve no dashboard" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--contact-address", "tcp://h:1"], "--contact-address is not supported"),
+        (["--scheduler-sni", "x"], "--scheduler-sni is not supported"),
+        (["--lifetime-restart"], "--lifetime-restart is not supported"),
+        (["--worker-class", "dask_cuda.CUDAWorker"], "cannot join an hpcdask scheduler"),
+        (["--nworkers", "2", "--worker-port", "9000"], "give a range A:B"),
+        (["--tls-cert", "c.pem"], "needs --tls-ca-file and --tls-cert"),
+        (["--tls-ca-file", "/no/ca.pem", "--tls-cert", "/no/c.pem"], "/no/ca.pem: no such file"),
+        (["--preload", "no_such_module_xyz"], "cannot import 'no_such_module_xyz'"),
+        (["--nworkers", "0"], "'auto' or -1"),
+    ],
+)
+def test_dask_worker_flags_that_cannot_work_say_why(args, message):
+    r = _run("worker", "tcp://127.0.0.1:1", *args)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_tls_flags_on_scheduler_and_worker(tmp_path):
+    from hpcdask import Security
+
+    for part, data in Security.temporary()._tls_memory.items():
+        (tmp_path / f"{part}.pem").write_bytes(data)
+    tls = ["--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "cert.pem"),
+           "--tls-key", str(tmp_path / "key.pem")]  # fmt: skip
+    sched_file = tmp_path / "s.json"
+    sched = subprocess.Popen([PY, "-m", "hpcdask", "scheduler", "--protocol", "tls", "--host",
+                              "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                              str(sched_file), *tls])  # fmt: skip
+    worker = None
+    try:
+        wait_for(sched_file.exists, timeout=30)
+        worker = subprocess.Popen([PY, "-m", "hpcdask", "worker", "--scheduler-file",
+                                   str(sched_file), "--nthreads", "1", *tls])  # fmt: skip
+        sec = Security(tls_ca_file=tls[1], tls_client_cert=tls[3], tls_client_key=tls[5])
+        with Client(scheduler_file=str(sched_file), security=sec) as client:
+            assert client.scheduler_address.startswith("tls://")
+            client.wait_for_workers(1, timeout=30)
+            assert client.submit(lambda: 7 * 6).result() == 42
+    finally:
+        for proc in (worker, sched):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)

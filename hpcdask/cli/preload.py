@@ -36,6 +36,21 @@ def load(name: str) -> ModuleType:
         raise click.BadParameter(f"cannot import {name!r}: {e}", param_hint="--preload") from None
 
 
+def check(name: str) -> None:
+    """Fail early (in the nanny's process) on a preload the worker process could not load."""
+    if name.endswith(".py") or os.sep in name:
+        if not os.path.isfile(os.path.expanduser(name)):
+            raise click.BadParameter(f"{name!r}: no such file", param_hint="--preload")
+        return
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise click.BadParameter(f"cannot import {name!r}: no such module",
+                                 param_hint="--preload")  # fmt: skip
+
+
 async def _call(func: Any, *args: Any, **kwargs: Any) -> None:
     result = func(*args, **kwargs)
     if asyncio.iscoroutine(result):

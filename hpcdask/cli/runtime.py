@@ -288,6 +288,10 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
         kwargs["security"] = security
     if nanny:
         if preload:
+            from .preload import check
+
+            for module in preload:
+                check(module)
             kwargs.update(preload=list(preload), preload_argv=list(preload_argv))
     else:
         plugins = [_preload(p, preload_argv) for p in preload]
@@ -295,20 +299,28 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
             kwargs["plugins"] = plugins
     nanny_preloads = [_preload(p, preload_argv) for p in preload_nanny] if nanny else []
 
-    async def main() -> int:
+    def make_servers() -> list:
         if nanny:
             from ..worker import Nanny
 
-            servers = [Nanny(address, nthreads=threads, name=names(i), memory_limit=mem,
-                             resources=res, scheduler_file=scheduler_file, port=ports[i],
-                             **kwargs) for i in range(n)]  # fmt: skip
-        else:
-            from ..worker import Worker
+            return [Nanny(address, nthreads=threads, name=names(i), memory_limit=mem,
+                          resources=res, scheduler_file=scheduler_file, port=ports[i], **kwargs)
+                    for i in range(n)]  # fmt: skip
+        from ..worker import Worker
 
-            servers = [Worker(address, nthreads=threads, name=names(i), memory_limit=mem,
-                              resources=res, scheduler_file=scheduler_file, port=ports[i],
-                              nanny=os.environ.get("HPCDASK_NANNY_PID"), **kwargs)
-                       for i in range(n)]  # fmt: skip
+        return [Worker(address, nthreads=threads, name=names(i), memory_limit=mem,
+                       resources=res, scheduler_file=scheduler_file, port=ports[i],
+                       nanny=os.environ.get("HPCDASK_NANNY_PID"), **kwargs)
+                for i in range(n)]  # fmt: skip
+
+    async def main() -> int:
+        from ..protocol.auth import AuthenticationError
+
+        try:
+            servers = make_servers()
+        except (AuthenticationError, ValueError, OSError) as e:  # no secret, bad file, bad address
+            click.echo(f"hpcdask worker: {e}", err=True)
+            return 1
         try:
             await asyncio.gather(*(s.start() for s in servers))
         except OSError as e:

@@ -117,7 +117,9 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
             address = "tcp://scheduler-file-pending:0"
         elif scheduler_file is not None:
             address, secret = wait_for_scheduler_file(scheduler_file, self.timeout)
-            if secret is not None and (not isinstance(security, Security) or not security.secret):
+            if secret is not None and isinstance(security, Security) and not security.secret:
+                security.secret = secret  # keep its TLS settings
+            elif secret is not None and not isinstance(security, Security):
                 security = Security(secret=secret)
         if address is not None and not isinstance(address, str):
             self.cluster = address  # a Cluster object
@@ -160,7 +162,9 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
 
             address, secret = await await_scheduler_file(self._scheduler_file, self.timeout)
             self._scheduler_file, self.scheduler_address = None, normalize_address(address)
-            if secret is not None and (self.security is None or not self.security.secret):
+            if secret is not None and self.security is not None and not self.security.secret:
+                self.security.secret = secret  # keep its TLS settings
+            elif secret is not None and self.security is None:
                 self.security = Security(secret=secret)
         if self.scheduler_address is None:
             from ..deploy.local import LocalCluster

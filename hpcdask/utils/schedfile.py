@@ -87,8 +87,10 @@ def resolve_scheduler(address: str | None, scheduler_file: str | None, security:
 
     if scheduler_file:
         address, secret = read_scheduler_file(scheduler_file)
-        if security is None or not security.secret:
+        if security is None:
             security = Security(secret=secret)
+        elif not security.secret:
+            security.secret = secret  # keep its TLS settings (--tls-* flags)
     if not address:
         raise ValueError(f"{who} needs a scheduler address (or scheduler_file=)")
     address = normalize_address(address)
