@@ -314,3 +314,30 @@ def test_dask_jobqueue_blocks_copied_into_hpcdask_config(home):
     (home / ".config" / "hpcdask" / "jobqueue.yaml").write_text(yaml.safe_dump(ours))
     text = js.job_script("slurm")
     assert "#SBATCH -J dask-worker" in text and " -m hpcdask worker " in text
+
+
+def test_cluster_attributes_of_dask_jobqueue():
+    import logging
+
+    cluster = SGECluster(cores=1, memory="1GB", queue="all.q", job_name="jn", asynchronous=True)
+    assert cluster.job_header.splitlines()[:2] == ["#$ -N jn", "#$ -q all.q"]
+    assert cluster.job_name == "jn" and cluster.cancel_command == "qdel"
+    cluster.cancel_command = "qdel -u root"  # as in dask-jobqueue's own SGE test
+    assert cluster.batch.cancel_command == ["qdel", "-u", "root"]
+    logger = logging.getLogger("hpcdask.scheduler")
+    level = logger.level
+    try:
+        SLURMCluster(cores=1, memory="1GB", silence_logs="error", asynchronous=True)
+        assert logger.level == logging.ERROR
+    finally:
+        logger.setLevel(level)
+
+
+def test_job_script_cli_config_name():
+    from click.testing import CliRunner
+
+    from hpcdask.cli.main import cli
+
+    with dask_config.set({"jobqueue.gpu": {"cores": 4, "memory": "8GB", "queue": "gpuq"}}):
+        out = CliRunner().invoke(cli, ["job-script", "--system", "slurm", "--config-name", "gpu"])
+    assert out.exit_code == 0 and "#SBATCH -p gpuq" in out.output, out.output

@@ -27,6 +27,8 @@ def _parse_options(items: tuple[str, ...]) -> dict[str, Any]:
     "--system", required=True, type=click.Choice(list(config.SYSTEMS)), help="Batch system."
 )
 @click.option("--site", default=None, help="Site profile name (see `hpcdask sites`) or YAML file.")
+@click.option("--config-name", default=None,
+              help="Section jobqueue.NAME of dask's configuration (as dask-jobqueue's).")  # fmt: skip
 @click.option("--cores", type=int, default=None, help="Cores per job.")
 @click.option("--memory", default=None, help="Memory per job, e.g. 128GB.")
 @click.option("--processes", type=int, default=None, help="Worker processes per job.")

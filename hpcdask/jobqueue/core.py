@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import os
+import shlex
 import subprocess
 import time
 import uuid
@@ -160,6 +161,32 @@ class JobQueueCluster(Cluster):
         if self._script:
             return self._script
         return script.render(self.system, self._ctx)
+
+    @property
+    def job_header(self) -> str:
+        """The script's batch-system directives (dask-jobqueue's `job_header`)."""
+        prefix = {"slurm": "#SBATCH", "pbs": "#PBS", "sge": "#$"}[self.system]
+        return "\n".join(x for x in self.job_script().splitlines() if x.startswith(prefix + " "))
+
+    @property
+    def job_name(self) -> str:
+        return self._ctx["job_name"]
+
+    @property
+    def submit_command(self) -> str:
+        return shlex.join(self.batch.submit_command)
+
+    @submit_command.setter
+    def submit_command(self, command: str) -> None:  # as dask-jobqueue: a shell-like string
+        self.batch.submit_command = shlex.split(command)
+
+    @property
+    def cancel_command(self) -> str:
+        return shlex.join(self.batch.cancel_command)
+
+    @cancel_command.setter
+    def cancel_command(self, command: str) -> None:
+        self.batch.cancel_command = shlex.split(command)
 
     def _write_secret(self) -> Path:
         from ..security import secrets_dir
