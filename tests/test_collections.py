@@ -347,3 +347,10 @@ def test_large_graphs_send_shared_objects_once(client):
     assert sum(len(Pickled.dumps(t).data) < 2_000_000 for t in templates.values())
     assert y.sum().compute() == pytest.approx(3000 * (1 + big[-1]))
     assert np.asarray(y[:5].compute()).tolist() == [1 + big[-1]] * 5
+
+
+def test_p2p_shuffle_and_rechunk_are_refused_by_name(client, df, x):
+    with pytest.raises(NotImplementedError, match="P2P shuffle or rechunk"):
+        df.shuffle("key", shuffle_method="p2p").compute()
+    with pytest.raises(NotImplementedError, match="method='tasks'"):
+        x.rechunk((60, 1), method="p2p").sum().compute()

@@ -225,6 +225,7 @@ def split(keys: list, graph: dict, resolve: Resolver) -> list[tuple[str, Templat
         sig = (steps, out, len(ops), tuple([(i, id(o)) for i, o in shared.items()]))
         t = templates.get(sig)
         if t is None:
+            _refuse_p2p(ops)
             t = templates[sig] = Template(steps, out, len(ops), shared, _prefix(k))
         own = tuple([o for i, o in enumerate(ops) if i not in shared]) if shared else tuple(ops)
         result.append((stringify(k), t, own))
@@ -257,6 +258,17 @@ def _walk_node(node: Any, resolve: Resolver, fused: dict) -> tuple[tuple, Any, l
     else:
         out = w.op(node.value)
     return tuple(w.steps), out, w.ops
+
+
+def _refuse_p2p(ops: list) -> None:
+    for o in ops:
+        module = getattr(o, "__module__", None) or ""
+        if callable(o) and module.startswith("distributed.shuffle"):
+            raise NotImplementedError(
+                "this graph uses dask.distributed's P2P shuffle or rechunk, an extension of "
+                "its scheduler that hpcdask does not have: pass shuffle_method='tasks' or "
+                "method='tasks' (the default while an hpcdask Client is current)"
+            )
 
 
 def _holds_future(obj: Any) -> bool:
