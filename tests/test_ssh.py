@@ -184,3 +184,17 @@ def test_hpcdask_ssh_command(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     assert "scheduler at tcp://" in proc.stdout.read()
+
+
+def test_a_lost_ssh_connection_leaves_no_process_behind():
+    (addr, port), *_ = _need("loopback")
+    cluster = SSHCluster([addr, addr], connect_options={"port": port}, remote_env=_env())
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=30)
+            pids = {*client.run(_pid).values(), client.run_on_scheduler(_pid)}
+        for proc in [cluster.scheduler, *cluster.workers.values()]:
+            cluster.loop.call_soon_threadsafe(proc._conn.abort)  # the network drops: no goodbye
+        wait_for(lambda: not [p for p in pids if os.path.exists(f"/proc/{p}")], timeout=30)
+    finally:
+        cluster.close()
