@@ -87,6 +87,9 @@ class _CurrentScheduler:
     def __repr__(self) -> str:
         return "<hpcdask: the current Client>"
 
+    def __reduce__(self) -> str:  # a copy of dask's config (e.g. for a worker) stays usable
+        return "CURRENT"
+
 
 CURRENT = _CurrentScheduler()
 
