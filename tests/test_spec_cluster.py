@@ -66,6 +66,8 @@ def test_bad_specs_say_what_is_wrong():
         SpecCluster(workers={0: {"cls": Worker, "options": {"env": {"A": "1"}}}})
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['wokers'\]"):
         SpecCluster(wokers={})
+    with pytest.raises(ValueError, match="needs a scheduler outside this process"):
+        SpecCluster(shutdown_on_close=False)
     with SpecCluster(scheduler={"cls": "hpcdask.Scheduler", "options": {"protocol": "inproc"}},
                      workers={0: {"cls": Worker, "options": {}}}) as cluster:  # fmt: skip
         with pytest.raises(ValueError, match="no worker template"):

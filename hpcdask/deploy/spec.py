@@ -92,6 +92,10 @@ class SpecCluster(Cluster):
         if scheduler is None:  # nothing said: listen on loopback, like a LocalCluster
             scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1"}}
         self.scheduler_spec = check_spec(scheduler, "scheduler")
+        if not shutdown_on_close and issubclass(self.scheduler_spec["cls"], Scheduler):
+            raise ValueError("shutdown_on_close=False needs a scheduler outside this process (an "
+                             "SSH host, a batch job: scheduler_job=True); this one would stop "
+                             "with the process anyway")  # fmt: skip
         opts = self.scheduler_spec["options"]
         super().__init__(asynchronous=asynchronous, security=security, scheduler_options=opts,
                          name=name or type(self).__name__,
