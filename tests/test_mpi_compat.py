@@ -30,7 +30,7 @@ def test_cli_flags_of_dask_mpi(mpirun, tmp_path):
     from hpcdask.client import Client
 
     sched_file = tmp_path / "scheduler.json"
-    job = mpirun(3, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--scheduler-rank", 1,
+    job = mpirun(3, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--scheduler-rank", 1, "--name", "",
                      "--worker-class", "distributed.Worker", "--no-dashboard",
                      "--worker-options", json.dumps({"resources": {"GPU": 1}}),
                      "--local-directory", tmp_path])  # fmt: skip
@@ -63,7 +63,7 @@ def test_no_scheduler_grows_an_existing_cluster(mpirun, tmp_path):
                           "extra", "--no-nanny"])  # fmt: skip
         poll(lambda: n_workers(client) == 3, 60, more, "the second job's workers")
         names = sorted(str(w["name"]) for w in client.scheduler_info()["workers"].values())
-        assert names == ["1", "extra-0", "extra-1"]
+        assert names == ["dask_mpi-1", "extra-0", "extra-1"]
         client.shutdown()
     assert first.wait(60) == 0 and more.wait(60) == 0, more.output[-4000:]
 

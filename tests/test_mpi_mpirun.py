@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcdask.testing.polling import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MPIRUN = shutil.which("mpirun", path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
@@ -122,21 +124,15 @@ def mpirun(tmp_path):
 
 
 def poll(cond, timeout: float, job: Job | None = None, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
+    def mpirun_alive() -> None:
         if job is not None and not job.alive():
             pytest.fail(
                 f"mpirun exited ({job.proc.returncode}) while waiting for {what}:\n"
                 f"{job.output[-4000:]}"
             )
-        time.sleep(0.02)
-    pytest.fail(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f":\n{job.output[-4000:]}" if job else "")
-    )
+
+    return wait_for(cond, timeout, 0.02, what=what, check=mpirun_alive,
+                    details=(lambda: job.output[-4000:]) if job else None)  # fmt: skip
 
 
 def assert_quiet(output: str) -> None:
@@ -178,7 +174,7 @@ def test_cli_with_scheduler_file(mpirun, tmp_path, n):
     try:
         poll(lambda: n_workers(client) == n - 1, 45, job, f"{n - 1} workers")
         names = sorted(str(w["name"]) for w in client.scheduler_info()["workers"].values())
-        assert names == sorted(str(r) for r in range(1, n))
+        assert names == sorted(f"dask_mpi-{r}" for r in range(1, n))  # dask-mpi's default
         assert sum(client.gather(client.map(lambda x: x * 2, range(50)))) == 2 * sum(range(50))
         assert_secret_not_passed(job, info["secret"])
         client.shutdown()
@@ -267,7 +263,7 @@ def test_a_rank_that_leaves_does_not_stop_the_others(mpirun, tmp_path):
         futures = client.map(lambda x: x + 1, range(60))
         assert client.gather(futures) == list(range(1, 61))
         by_name = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
-        client.retire_workers([by_name["2"]])
+        client.retire_workers([by_name["dask_mpi-2"]])
         poll(lambda: n_workers(client) == 2, 30, job, "rank 2's worker to leave")
         total = client.submit(lambda *xs: sum(xs), *futures)
         assert total.result(timeout=30) == sum(range(1, 61))

@@ -50,8 +50,9 @@ def _worker_options(text: str | None) -> dict:
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Bytes, '4GB', fraction, or auto (the node's memory shared among its workers).")  # fmt: skip
 @click.option("--local-directory", default=None, help="Directory for worker scratch files.")
-@click.option("--name", default=None,
-              help="Worker name prefix: workers are named NAME-RANK [default: the rank, an int].")  # fmt: skip
+@click.option("--name", default="dask_mpi", show_default=True,
+              help="Worker name prefix: workers are named NAME-RANK, as dask-mpi's; --name '' "
+              "names them by rank, as integers (as initialize() does).")  # fmt: skip
 @click.option(
     "--nanny/--no-nanny",
     default=True,
@@ -89,7 +90,7 @@ def main(scheduler_address, scheduler_file, scheduler_port, scheduler_rank, sche
         local_directory=local_directory,
         scheduler_port=scheduler_port,
         scheduler_file=scheduler_file,
-        name=name,
+        name=name or None,
         nanny=nanny,
         worker_class=worker_class,
         worker_options=_worker_options(worker_options),
