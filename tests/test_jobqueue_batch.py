@@ -3,9 +3,6 @@ real SLURM and SGE started by ci/slurm_setup.sh and ci/sge_setup.sh, with plain 
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from hpcdask.jobqueue._testing import requires_sge, requires_slurm
@@ -21,20 +18,14 @@ from hpcdask.jobqueue.batch import (
 from hpcdask.jobqueue.pbs import PBS
 from hpcdask.jobqueue.sge import SGE
 from hpcdask.jobqueue.slurm import SLURM
+from hpcdask.testing.polling import async_wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def until(predicate, timeout=30.0, interval=0.2):
+def until(predicate, timeout=30.0, interval=0.2):
     """Poll an async predicate until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value {value!r}")
-        await asyncio.sleep(interval)
+    return async_wait_for(predicate, timeout, interval)
 
 
 # ------------------------------------------------------------ parsers (no daemon needed)
@@ -92,6 +83,46 @@ Job Id: 104.gadi-pbs
         and __import__("re").search(PBS.job_id_regexp, "101.gadi-pbs\n").group("job_id")
         == "101.gadi-pbs"
     )
+
+
+TORQUE_QSTAT_F = """Job Id: 201.torque-srv
+    Job_Name = hpcdask-worker
+    job_state = C
+    exit_status = 0
+
+Job Id: 202.torque-srv
+    job_state = C
+    exit_status = 271
+
+Job Id: 203.torque-srv
+    job_state = C
+    exit_status = -1
+
+Job Id: 204.torque-srv
+    job_state = Q
+"""
+
+
+async def test_torque_status_and_flavour_detection():
+    from hpcdask.jobqueue.pbs import flavour_of
+
+    assert flavour_of("Version: 6.1.3\nCommit: 0a3b") == "torque"
+    assert flavour_of("version: 4.2.10") == "torque"
+    assert flavour_of("pbs_version = 2022.1.1") == "pbspro"
+    b = PBS(flavour="torque")
+    ids = ["201.torque-srv", "202.torque-srv", "203.torque-srv", "204.torque-srv"]
+    st = b.parse_status(TORQUE_QSTAT_F, ids)  # Torque spells it exit_status
+    assert [st[i].state for i in ids] == [FINISHED, CANCELLED, FAILED, PENDING]
+    assert b.status_command(ids[:1]) == ["qstat", "-f", "201.torque-srv"]  # -x is XML there
+    assert PBS(flavour="pbspro").status_command(ids[:1])[:3] == ["qstat", "-x", "-f"]
+
+
+def test_sge_submit_output_with_and_without_terse():
+    import re
+
+    for text, job_id in [('Your job 123 ("t") has been submitted\n', "123"), ("456\n", "456"),
+                         ('Your job-array 77.1-3:1 ("a") has been submitted\n', "77")]:  # fmt: skip
+        assert re.search(SGE.job_id_regexp, text).group("job_id") == job_id
 
 
 def test_tail(tmp_path):
@@ -183,6 +214,16 @@ async def test_sge_submit_status_cancel(tmp_path):
         return all(s.state in (CANCELLED, FAILED, FINISHED, "gone") for s in st.values())
 
     await until(gone)
+
+
+@pytest.mark.sge
+@requires_sge
+async def test_sge_terse_submit(tmp_path):
+    b = SGE(["-terse"])
+    job_id = await b.submit(job(tmp_path, "t", "true", "#$ -cwd\n#$ -j y\n#$ -S /bin/bash"),
+                            cwd=str(tmp_path))  # fmt: skip
+    assert job_id.isdigit()
+    await b.cancel([job_id])
 
 
 @pytest.mark.sge
