@@ -181,3 +181,20 @@ def test_tls_flags_on_scheduler_and_worker(tmp_path):
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
+
+
+async def test_client_waits_for_a_scheduler_file_that_is_not_there_yet(tmp_path):
+    sched_file = tmp_path / "later.json"
+    with pytest.raises(TimeoutError, match="did not appear within 0.3s"):
+        Client(scheduler_file=str(sched_file), timeout=0.3)
+    client = Client(scheduler_file=str(sched_file), asynchronous=True, timeout=60)
+    proc = subprocess.Popen([PY, "-m", "hpcdask", "scheduler", "--host", "127.0.0.1", "--port",
+                             "0", "--no-dashboard", "--scheduler-file", str(sched_file)])  # fmt: skip
+    try:
+        await client  # as dask's: waits for the file instead of failing at once
+        assert client.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert (await client.scheduler_info())["workers"] == {}
+        await client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

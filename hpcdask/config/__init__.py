@@ -4,6 +4,9 @@
 for this process (and undoes it when used as a context manager). Files are checked against the
 defaults file, so a misspelt key or a wrong type fails loudly, naming the key and the file.
 
+Batch clusters also read dask's `jobqueue.<system>` (or `jobqueue.<config_name>`) as a layer
+between the site profile and these files (`_dask.py`; only when asked, only if dask is installed).
+
 Environment: `HPCDASK_A__B_C=value` sets `a.b-c` (value read as a YAML scalar; string-typed keys
 keep the raw text). `HPCDASK_CONFIG` names one more YAML file or folder.
 Batch systems share `jobqueue.common`; `jobqueue.<system>` overrides it, layer by layer, so that
