@@ -125,6 +125,22 @@ def test_status_json_has_workers_progress_and_task_stream(cluster, client):
     assert all(r[0] != key for r in again["records"])  # the cursor returns only new runs
 
 
+def test_large_drains_arrive_as_frames_and_still_parse(cluster, client):
+    base, token = _base(cluster), _token(cluster)
+    cursor = json.loads(_get(f"{base}/api/status.json?since=-1&token={token}")[1])["cursor"]
+    futures = client.map(abs, range(-5000, 0))  # about 340 kB of records per drain: a frame
+    client.gather(futures)
+
+    def new_runs():
+        d = json.loads(_get(f"{base}/api/status.json?since={cursor}&token={token}")[1])
+        return [r for r in d["records"] if r[1] == "abs"]
+
+    wait_for(lambda: len(new_runs()) >= 500, timeout=20)  # a sample of at most 1,000
+    assert len(new_runs()) <= 1000
+    stream = client.get_task_stream(start="60s")
+    assert sum(r["prefix"] == "abs" for r in stream) == 5000
+
+
 def test_logs_and_jobs_routes(cluster, client):
     base, token = _base(cluster), _token(cluster)
     d = json.loads(_get(f"{base}/api/logs.json?token={token}")[1])
@@ -314,3 +330,26 @@ def test_progress_rejects_what_it_cannot_watch():
 
     with pytest.raises(TypeError, match="Futures"):
         progress(42)
+
+
+def test_notebook_progress_renders_a_bar_per_prefix(client):
+    from hpcdask.diagnostics.progress import _NotebookProgress
+
+    futures = client.map(slowinc, range(400, 410)) + [client.submit(lambda: 1 / 0)]
+    widget = _NotebookProgress(futures, multi=True, interval=0.1)
+    wait_for(lambda: all(f.done() for f in futures), timeout=20)
+    text = widget.render()
+    assert "slowinc</td>" in text and "10 / 10" in text
+    assert "lambda</td>" in text and "1 / 1" in text and "#d62728" in text  # the erred one
+
+
+async def test_task_stream_and_report_with_an_asynchronous_client(tmp_path):
+    async with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                            dashboard_address=None, asynchronous=True) as cluster:  # fmt: skip
+        async with Client(cluster, asynchronous=True) as client:
+            async with get_task_stream(client) as ts:
+                assert await client.submit(slowinc, 1) == 2
+            assert [r["prefix"] for r in ts.data] == ["slowinc"]
+            async with performance_report(filename=str(tmp_path / "r.html"), client=client):
+                await client.gather(client.map(slowinc, range(5)))
+            assert "slowinc" in (tmp_path / "r.html").read_text()

@@ -62,7 +62,7 @@ class RecordLog:
         self.size = 0
         self.maxlen = maxlen
 
-    def add(self, worker: str, offset: float, rows: bytes | list, n: int) -> None:
+    def add(self, worker: str, offset: float, rows: Any, n: int) -> None:
         if not n:
             return
         self.batches.append([self.count, worker, offset, rows, n])
@@ -86,7 +86,7 @@ class RecordLog:
         out = []
         for batch in reversed(picked):
             first, worker, offset, rows = batch[:4]
-            if type(rows) is bytes:
+            if not isinstance(rows, (list, tuple)):  # bytes, or a memoryview of a large frame
                 rows = batch[3] = msgpack.unpackb(rows, use_list=False)
             start = max(0, cursor - first)
             start += (-(first + start)) % step  # the same global stride across batches

@@ -94,7 +94,13 @@ class _NotebookProgress:
         self.start_time = time.monotonic()
 
     def start(self) -> _NotebookProgress:
-        from IPython.display import HTML, display
+        try:
+            from IPython.display import HTML, display
+        except ImportError:
+            raise ImportError(
+                "progress(notebook=True) draws in Jupyter and needs IPython; outside a notebook "
+                "use notebook=False for the text bar"
+            ) from None
 
         self.handle = display(HTML(self.render()), display_id=True)
         threading.Thread(target=self._run, daemon=True, name="hpcdask-progress").start()
