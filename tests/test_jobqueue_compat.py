@@ -188,10 +188,14 @@ def test_unknown_options_are_still_errors():
 # ------------------------------------------------------------ cluster-level options
 
 
-def test_log_directory_is_created(tmp_path):
+def test_log_directory_is_created(tmp_path, home):
     logs = tmp_path / "deep" / "logs"
     cluster = SLURMCluster(cores=1, memory="1GB", log_directory=str(logs), asynchronous=True)
     assert logs.is_dir() and f"#SBATCH -o {logs}/hpcdask-worker-%j.out" in cluster.job_script()
+    cluster = PBSCluster(cores=1, memory="1GB", log_directory="$HOME/pbs-logs", asynchronous=True)
+    assert (home / "pbs-logs").is_dir() and f"#PBS -o {home}/pbs-logs/" in cluster.job_script()
+    cluster = SGECluster(cores=1, memory="1GB", log_directory="$NODE_ONLY_VAR/x", asynchronous=True)
+    assert "#$ -o $NODE_ONLY_VAR/x/" in cluster.job_script()  # left to the job
 
 
 def test_security_true_writes_private_credentials_for_the_workers(tmp_path):

@@ -109,7 +109,8 @@ class JobQueueCluster(Cluster):
                                     config_name=config_name, **options)  # fmt: skip
         if self._opts.get("protocol"):  # dask-jobqueue spells it "tls://"
             self._opts["protocol"] = str(self._opts["protocol"]).split("://")[0]
-        if security is True or getattr(security, "has_tls", False):
+        if security is True or getattr(security, "has_tls", False) or \
+                getattr(security, "require_encryption", False):  # fmt: skip
             self._opts["protocol"] = self._opts.get("protocol") or "tls"  # as dask-jobqueue
         self._ctx = script.context(self.system, self._opts)  # fails early on missing cores/memory
         security, self._worker_security, self._tls_files = credentials.for_jobs(
@@ -125,9 +126,10 @@ class JobQueueCluster(Cluster):
             credentials.silence(silence_logs)
         log_directory = self._opts.get("log_directory")
         if log_directory:  # the batch system does not create it, and the job then dies unseen
-            self._opts["log_directory"] = os.path.expanduser(log_directory)
-            os.makedirs(self._opts["log_directory"], exist_ok=True)
-            self._ctx["log_directory"] = self._opts["log_directory"]
+            expanded = os.path.expandvars(os.path.expanduser(log_directory))
+            if "$" not in expanded:  # else a variable of the compute nodes: theirs to create
+                os.makedirs(expanded, exist_ok=True)
+                self._opts["log_directory"] = self._ctx["log_directory"] = expanded
         super().__init__(asynchronous=asynchronous, security=security, scheduler_options=sched,
                          shutdown_on_close=shutdown_on_close)  # fmt: skip
         self.processes: int = self._ctx["processes"]
