@@ -198,3 +198,15 @@ async def test_client_waits_for_a_scheduler_file_that_is_not_there_yet(tmp_path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_durations_as_dask_spells_them():
+    from hpcdask.utils.durations import parse_duration
+
+    assert parse_duration("55m") == 3300 and parse_duration("1.5h") == 5400
+    assert parse_duration("30 seconds") == 30 and parse_duration(90) == 90.0
+    assert parse_duration("1620.0") == 1620 and parse_duration("250ms") == 0.25
+    with pytest.raises(ValueError, match="'soon' is not a duration"):
+        parse_duration("soon")
+    r = _run("worker", "tcp://127.0.0.1:1", "--lifetime", "5 fortnights")
+    assert r.returncode != 0 and "is not a duration" in r.stderr

@@ -63,9 +63,9 @@ def test_a_dask_jobqueue_script_runs_unchanged(system, make, tmp_path):
     cluster = make(
         CLASSES[system], site=f"ci-{system}", name=f"dw-{JOB_ID[system]}", log_directory=str(logs),
         worker_extra_args=["--preload", str(preload), "--worker-port", "41000:41100",
-                           "--no-dashboard"],
+                           "--no-dashboard", "--lifetime", "55m", "--lifetime-stagger", "4m"],
     )  # fmt: skip
-    cluster.adapt(minimum_cores=1, maximum_memory="1GB")  # = between 1 and 1 worker
+    cluster.adapt(minimum_cores=1, maximum_memory="1GB", interval="500ms")  # 1 to 1 worker
     with Client(cluster, loop=None) as client:
         client.wait_for_workers(1, timeout=90)
         (job,) = cluster.jobs.values()

@@ -94,6 +94,23 @@ def _parse_resources(text: str | None) -> dict:
     return out
 
 
+class _Duration(click.ParamType):
+    """Seconds, or dask's spelling of a duration ("55m", "1h", "30s")."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from ..utils.durations import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+DURATION = _Duration()
+
+
 def _ports(text: str | None, n: int) -> list[int]:
     """--worker-port: one port, or a range "A:B" from which worker i takes A+i."""
     if text in (None, "", "0"):
@@ -193,15 +210,12 @@ def _nworkers(text: str, cores: int) -> int:
 @click.option("--nanny-port", default=None,
               help="Accepted for dask worker scripts; hpcdask's nanny listens on no port.")  # fmt: skip
 @click.option("--contact-address", default=None, help="Not supported (see --listen-address).")
-@click.option(
-    "--death-timeout", default=None, type=float, help="Seconds to wait for the scheduler."
-)
-@click.option(
-    "--lifetime", default=None, type=float, help="Seconds after which the worker retires."
-)
-@click.option(
-    "--lifetime-stagger", default=None, type=float, help="Random +/- seconds on --lifetime."
-)
+@click.option("--death-timeout", default=None, type=DURATION,
+              help="How long to wait for the scheduler: seconds, or e.g. 5m.")  # fmt: skip
+@click.option("--lifetime", default=None, type=DURATION,
+              help="When the worker retires: seconds, or e.g. 55m, 1h.")  # fmt: skip
+@click.option("--lifetime-stagger", default=None, type=DURATION,
+              help="Random +/- on --lifetime: seconds, or e.g. 4m.")  # fmt: skip
 @click.option("--lifetime-restart/--no-lifetime-restart", default=False,
               help="Not supported: a worker at its lifetime retires (its job replaces it).")  # fmt: skip
 @click.option("--resources", default=None, help='Abstract resources, e.g. "GPU=2,MEM=10e9".')

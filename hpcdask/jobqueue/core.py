@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..deploy.cluster import Cluster
+from ..utils.durations import parse_duration
 from ..utils.sizes import parse_bytes
 from . import credentials, script
 from .batch import (
@@ -258,6 +259,9 @@ class JobQueueCluster(Cluster):
             low.append(math.ceil(parse_bytes(minimum_memory) / per_memory))
         if maximum_memory is not None:
             high.append(math.floor(parse_bytes(maximum_memory) / per_memory))
+        for key in ("interval", "target_duration"):  # dask's spelling: "10s"
+            if isinstance(kwargs.get(key), str):
+                kwargs[key] = parse_duration(kwargs[key])
         return super().adapt(minimum=max(low), maximum=min(high), **kwargs)
 
     def _active(self) -> list[Job]:
