@@ -345,3 +345,13 @@ def test_job_script_cli_config_name():
     with dask_config.set({"jobqueue.gpu": {"cores": 4, "memory": "8GB", "queue": "gpuq"}}):
         out = CliRunner().invoke(cli, ["job-script", "--system", "slurm", "--config-name", "gpu"])
     assert out.exit_code == 0 and "#SBATCH -p gpuq" in out.output, out.output
+
+
+def test_lifetime_in_worker_extra_args_becomes_the_clusters():
+    text = js.job_script("slurm", cores=1, memory="1GB", walltime="01:00:00",
+                         worker_extra_args=["--lifetime", "55m", "--lifetime-stagger=4m", "--x"])  # fmt: skip
+    line = worker_line(text)
+    assert "--lifetime 3300 --lifetime-stagger 240" in line and line.count("--lifetime ") == 1
+    assert line.endswith("--x")
+    with pytest.raises(ValueError, match="--lifetime needs a value"):
+        js.job_script("slurm", cores=1, memory="1GB", worker_extra_args=["--lifetime"])

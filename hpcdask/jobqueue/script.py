@@ -180,7 +180,30 @@ def options(system: str, site: str | None = None, config_name: str | None = None
         opts["account"] = opts.get("account") or opts["project"]
         opts["project"] = None
     opts["template_dir"] = kwargs.get("template_dir") or merged.get("template-dir")
+    _lifetime_from_extra_args(opts)
     return opts
+
+
+def _lifetime_from_extra_args(opts: dict) -> None:
+    """`worker_extra_args=["--lifetime", "55m", "--lifetime-stagger", "4m"]` (dask-jobqueue's
+    documented idiom) become the lifetime options, so the cluster's replacement jobs follow them."""
+    from hpcdask.utils.durations import parse_duration
+
+    args, out = [str(a) for a in opts.get("worker_extra_args") or []], []
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag in ("--lifetime", "--lifetime-stagger"):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ValueError(f"worker_extra_args: {flag} needs a value, e.g. 55m")
+                value, i = args[i + 1], i + 1
+            opts[flag[2:].replace("-", "_")] = parse_duration(value)
+        else:
+            out.append(args[i])
+        i += 1
+    if len(out) != len(args):
+        opts["worker_extra_args"] = out
 
 
 def _dask_installed() -> bool:
