@@ -353,5 +353,10 @@ def test_lifetime_in_worker_extra_args_becomes_the_clusters():
     line = worker_line(text)
     assert "--lifetime 3300 --lifetime-stagger 240" in line and line.count("--lifetime ") == 1
     assert line.endswith("--x")
+    line = worker_line(js.job_script("slurm", cores=1, memory="1GB",
+                                     worker_extra_args=["--resources GPU=1", "--preload $HOME/p.py"]))  # fmt: skip
+    assert line.endswith(
+        "--resources GPU=1 --preload $HOME/p.py"
+    )  # words, as the shell splits them
     with pytest.raises(ValueError, match="--lifetime needs a value"):
         js.job_script("slurm", cores=1, memory="1GB", worker_extra_args=["--lifetime"])

@@ -180,16 +180,18 @@ def options(system: str, site: str | None = None, config_name: str | None = None
         opts["account"] = opts.get("account") or opts["project"]
         opts["project"] = None
     opts["template_dir"] = kwargs.get("template_dir") or merged.get("template-dir")
-    _lifetime_from_extra_args(opts)
+    _worker_args(opts)
     return opts
 
 
-def _lifetime_from_extra_args(opts: dict) -> None:
-    """`worker_extra_args=["--lifetime", "55m", "--lifetime-stagger", "4m"]` (dask-jobqueue's
-    documented idiom) become the lifetime options, so the cluster's replacement jobs follow them."""
+def _worker_args(opts: dict) -> None:
+    """worker_extra_args as dask-jobqueue's shell reads them: each item split into words
+    (`"--resources GPU=1"` is two), and `--lifetime 55m --lifetime-stagger 4m` (its documented
+    idiom) turned into the lifetime options, so the cluster's replacement jobs follow them."""
     from hpcdask.utils.durations import parse_duration
 
-    args, out = [str(a) for a in opts.get("worker_extra_args") or []], []
+    words = [w for a in opts.get("worker_extra_args") or [] for w in shlex.split(str(a))]
+    args, out = words, []
     i = 0
     while i < len(args):
         flag, eq, value = args[i].partition("=")
@@ -202,7 +204,7 @@ def _lifetime_from_extra_args(opts: dict) -> None:
         else:
             out.append(args[i])
         i += 1
-    if len(out) != len(args):
+    if opts.get("worker_extra_args") is not None:
         opts["worker_extra_args"] = out
 
 
