@@ -56,9 +56,12 @@ def test_no_scheduler_grows_an_existing_cluster(mpirun, tmp_path):
     from hpcdask.client import Client
 
     sched_file = tmp_path / "scheduler.json"
-    first = mpirun(2, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--no-nanny"])
+    first = mpirun(2, [*HPCDASK_MPI, "--scheduler-file", sched_file, "--no-nanny",
+                       "--memory-limit", "0.25"])  # fmt: skip
     with Client(scheduler_file=str(sched_file), timeout=60) as client:
         poll(lambda: n_workers(client) == 1, 60, first, "the first job's worker")
+        (info,) = client.scheduler_info()["workers"].values()  # a fraction, as dask reads it
+        assert abs(info["memory_limit"] - psutil.virtual_memory().total // 4) <= 1
         more = mpirun(2, [*HPCDASK_MPI, client.scheduler_address, "--no-scheduler", "--name",
                           "extra", "--no-nanny"])  # fmt: skip
         poll(lambda: n_workers(client) == 3, 60, more, "the second job's workers")

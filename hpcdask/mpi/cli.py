@@ -18,6 +18,15 @@ from ._servers import Options, RankServers
 from ._world import Layout, MPIUnavailableError, WorldTooSmallError, load_mpi
 
 
+def _memory_limit(text: str) -> object:
+    """As dask's: "auto", bytes ("4GB", "4000000000") or a fraction of the node ("0.25")."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if value <= 1 else int(value)
+
+
 def _worker_options(text: str | None) -> dict:
     if not text:
         return {}
@@ -86,7 +95,7 @@ def main(scheduler_address, scheduler_file, scheduler_port, scheduler_rank, sche
         interface=interface,
         protocol=protocol,
         nthreads=nthreads,
-        memory_limit=memory_limit,
+        memory_limit=_memory_limit(memory_limit),
         local_directory=local_directory,
         scheduler_port=scheduler_port,
         scheduler_file=scheduler_file,
