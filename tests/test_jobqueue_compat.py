@@ -167,6 +167,10 @@ def test_worker_command_and_its_flags():
 def test_name_with_shell_variables_is_passed_for_the_shell():
     text = js.job_script("slurm", cores=1, memory="1GB", name="dask-worker-$SLURM_JOB_ID")
     assert "--name dask-worker-$SLURM_JOB_ID-$SLURM_JOB_ID" in worker_line(text)
+    text = js.job_script("pbs", cores=1, memory="1GB", name="dw-${PBS_JOBID}")
+    assert "#PBS -N dw-PBS_JOBID" in text  # PBS refuses $ and braces in job names
+    assert "--name dw-${PBS_JOBID}-$PBS_JOBID" in worker_line(text)
+    assert js.default_job_name("pbs", "1st") == "j1st"
 
 
 def test_torque_gets_nodes_ppn_instead_of_select():

@@ -84,6 +84,16 @@ def job_mem(system: str, memory: str, nbytes: int) -> str:
     return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
 
 
+def default_job_name(system: str, name: str) -> str:
+    """The batch job's name when job_name= is not given: *name*, except that PBS only takes
+    letters, digits and `_.+-`, starting with a letter (so `dw-$PBS_JOBID` becomes `dw-PBS_JOBID`;
+    the workers' own names still get the expanded variable)."""
+    if system != "pbs":
+        return name
+    text = re.sub(r"[^A-Za-z0-9_.+-]", "", str(name))[:236]
+    return text if text[:1].isalpha() else f"j{text}"[:236]
+
+
 def shell_arg(value: Any) -> str:
     """Quote for the shell unless harmless; `$VARS` stay expandable (e.g. local_directory=$TMPDIR)."""
     text = str(value)
@@ -283,7 +293,8 @@ def context(system: str, opts: dict, scheduler_address: str | None = None,
         job_cpu=opts.get("job_cpu") or cores, walltime_seconds=walltime_s,
         walltime=format_walltime(walltime_s) if walltime_s else None,
         job_mem=opts.get("job_mem") or job_mem(system, str(memory), nbytes),
-        job_name=opts.get("job_name") or opts["name"], python=opts.get("python") or sys.executable,
+        job_name=opts.get("job_name") or default_job_name(system, opts["name"]),
+        python=opts.get("python") or sys.executable,
         lifetime=lifetime, lifetime_stagger=stagger, lifetime_margin=margin,
         scheduler_address=scheduler_address or PLACEHOLDER_ADDRESS, secret_file=secret_file,
         worker_name=f"{opts['name']}-{JOB_ID_VARS.get(system, '$$')}",
