@@ -1,0 +1,146 @@
+"""The worker's managed data (hpcdask/worker/memory.py): memory accounting, LRU spilling,
+reading back, serving spilled data, failures of the store; and sizeof's registration hook."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from hpcdask.utils.sizes import register_sizeof, sizeof
+from hpcdask.worker.memory import ManagedData
+from hpcdask.worker.spill import make_spill_store
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 2**20
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = ManagedData(make_spill_store("file", str(tmp_path), compression="none"), target=3 * MB)
+    yield d
+    d.close()
+
+
+def arr(i: int) -> np.ndarray:
+    return np.full(MB // 8, float(i))  # 1 MiB
+
+
+def test_spills_least_recently_used_past_target(data):
+    for i in range(3):
+        data[f"x{i}"] = arr(i)
+    assert data.fast_bytes == 3 * MB and not data.slow
+    data["x0"]  # now x1 is the least recently used
+    data["x3"] = arr(3)
+    assert set(data.slow) == {"x1"}
+    assert data.fast_bytes == 3 * MB and data.slow_bytes == MB
+    assert len(data) == 4 and "x1" in data and sorted(data) == ["x0", "x1", "x2", "x3"]
+
+
+def test_spilled_value_is_read_back_transparently(data):
+    for i in range(5):
+        data[f"x{i}"] = arr(i)
+    assert set(data.slow) == {"x0", "x1"}
+    np.testing.assert_array_equal(data["x0"], arr(0))
+    assert "x0" in data.fast and "x2" in data.slow  # x2 made room
+    assert data.unspill_count == 1 and data.spill_count == 3
+
+
+def test_peers_get_spilled_frames_without_loading(data):
+    for i in range(4):
+        data[f"x{i}"] = arr(i)
+    assert "x0" in data.slow
+    pickled = data.serialized("x0")
+    assert "x0" in data.slow and data.unspill_count == 0 and data.fast_bytes == 3 * MB
+    np.testing.assert_array_equal(pickled.loads(), arr(0))
+
+
+def test_a_value_larger_than_target_goes_to_disk(data):
+    data["big"] = np.ones(4 * MB // 8)
+    assert "big" in data.slow and data.fast_bytes == 0
+
+
+def test_delete_and_overwrite_keep_counts(data, tmp_path):
+    for i in range(4):
+        data[f"x{i}"] = arr(i)
+    del data["x0"]  # spilled: its file goes too
+    data["x1"] = b"small"
+    data.pop("x2")
+    assert data.pop("nope", 7) == 7
+    with pytest.raises(KeyError):
+        del data["nope"]
+    assert data.slow == {} and data.slow_bytes == 0 and data.fast_bytes == MB + 5
+    (spill_dir,) = os.listdir(tmp_path)
+    assert os.listdir(tmp_path / spill_dir) == []
+
+
+def test_evict_frees_what_is_asked(data):
+    data.target = None
+    for i in range(4):
+        data[f"x{i}"] = arr(i)
+    assert data.evict(int(1.5 * MB)) == 2 * MB
+    assert set(data.slow) == {"x0", "x1"}
+    m = data.metrics()
+    assert m["spilled_bytes"] == 2 * MB and m["managed_bytes"] == 2 * MB
+    assert m["spilled_keys"] == 2 and m["spill_error"] == ""
+
+
+def test_full_disk_keeps_data_in_memory(tmp_path, caplog):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    store = make_spill_store("file", str(tmp_path), compression="none")
+    os.symlink("/dev/full", os.path.join(store.directory, "0"))
+    data = ManagedData(store, target=MB)
+    data["a"] = arr(0)
+    data["b"] = arr(1)  # would spill "a": the disk is full
+    assert set(data.fast) == {"a", "b"} and not data.slow
+    np.testing.assert_array_equal(data["a"], arr(0))
+    assert "No space left on device" in data.metrics()["spill_error"]
+    assert "stays in memory" in caplog.text
+    data.close()
+
+
+def test_unpicklable_values_stay_in_memory(data):
+    import threading
+
+    data.target = None
+    data["lock"] = threading.Lock()
+    data["x"] = arr(0)
+    assert data.evict(10 * MB) == MB
+    assert "lock" in data.fast and "lock" in data.unspillable
+
+
+def test_without_a_store_nothing_spills():
+    data = ManagedData(None, target=10)
+    data["x"] = arr(0)
+    assert data.evict(MB) == 0 and data.fast_bytes == MB
+
+
+def test_register_sizeof():
+    class Blob:
+        pass
+
+    class SubBlob(Blob):
+        pass
+
+    register_sizeof(Blob)(lambda obj: 12345)
+    try:
+        assert sizeof(Blob()) == 12345 and sizeof(SubBlob()) == 12345
+        data = ManagedData()
+        data["b"] = Blob()
+        assert data.fast_bytes == 12345
+    finally:
+        from hpcdask.utils import sizes
+
+        sizes._sizeof_funcs.pop(Blob)
+
+
+def test_sizeof_of_common_types():
+    pd = pytest.importorskip("pandas")
+    assert sizeof(np.ones(1000)) == 8000
+    assert sizeof(b"x" * 1000) == 1000
+    assert sizeof([b"x" * 1000] * 10) >= 10_000
+    df = pd.DataFrame({"a": np.arange(1000), "s": [f"text {i}" for i in range(1000)]})
+    assert sizeof(df) > 8000 + 1000 * 10  # the strings count too
