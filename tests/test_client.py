@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from operator import add
 
 import numpy as np
@@ -107,9 +108,9 @@ def test_errors_reraise_with_worker_traceback(client):
     f = client.submit(fail, 3)
     with pytest.raises(ValueError, match="bad value 3") as info:
         f.result()
-    assert "in fail" in str(info.value.__cause__)  # the worker's traceback is attached
+    assert "fail" in [e.name for e in info.traceback]  # the worker's frames are attached
     assert isinstance(f.exception(), ValueError)
-    assert "raise ValueError" in f.traceback()
+    assert "raise ValueError" in "".join(traceback.format_tb(f.traceback()))
     assert f.status == "error"
     # a dependent of a failed task fails with the same error
     with pytest.raises(ValueError, match="bad value 3"):

@@ -123,9 +123,19 @@ class FutureState:
             self.exception = exc
         if not isinstance(exc, BaseException):
             exc = RuntimeError(self.text or f"task {self.key!r} failed")
-        if self.traceback and exc.__cause__ is None:
-            exc.__cause__ = RemoteTraceback(str(self.traceback))
+        if self.traceback and exc.__cause__ is None and exc.__traceback__ is None:
+            tb = self.remote_traceback()
+            if tb is not None:
+                exc.__traceback__ = tb  # `raise exc` shows the worker's frames, then ours
+            else:
+                exc.__cause__ = RemoteTraceback(str(self.traceback))
         return exc
+
+    def remote_traceback(self) -> Any:
+        """The worker's frames as a traceback object (None if there are none)."""
+        from .tracebacks import rebuild
+
+        return rebuild(self.traceback)
 
 
 class Future:
@@ -176,13 +186,14 @@ class Future:
             return self._state.error_to_raise()
         return None
 
-    def traceback(self, timeout: float | None = None) -> str | None:
-        """The worker's formatted traceback of a failed task."""
+    def traceback(self, timeout: float | None = None) -> Any:
+        """The traceback of a failed task, rebuilt from the worker's frames (a real traceback
+        object: `traceback.format_tb(future.traceback())`); None unless it failed."""
         return self.client._sync(self._traceback, timeout)
 
-    async def _traceback(self, timeout: float | None = None) -> str | None:
+    async def _traceback(self, timeout: float | None = None) -> Any:
         await asyncio.wait_for(self._state.wait(), timeout)
-        return self._state.traceback if self._state.status == "error" else None
+        return self._state.remote_traceback() if self._state.status == "error" else None
 
     def cancel(self, reason: str | None = None) -> Any:
         return self.client.cancel([self], reason=reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import socket
+from typing import Any
 
 from hpcdask import config
 
@@ -189,12 +190,16 @@ def address_from(
     host: str | None = None,
     port: int | str | None = 0,
     interface: str | None = None,
+    security: Any = None,
 ) -> str:
     """The listen address for the usual (host, port, interface, protocol) server arguments.
 
     *interface* wins over *host*; neither means all interfaces. A *host* that already carries a
-    scheme or port (``"tcp://node1:8786"``) is taken as the whole address.
+    scheme or port (``"tcp://node1:8786"``) is taken as the whole address. Without a protocol, a
+    *security* that requires encryption means ``tls`` (as dask.distributed chooses).
     """
+    if not protocol and getattr(security, "require_encryption", False):
+        protocol = "tls"
     protocol = (protocol or _default_scheme()).rstrip(":/")
     if host and "://" in host:
         scheme, loc = parse_address(host)

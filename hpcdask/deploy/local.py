@@ -74,6 +74,8 @@ class LocalCluster(SpecCluster):
             protocol = protocol or "tls"
         elif security is False:
             security = None
+        if protocol is None and getattr(security, "require_encryption", False):
+            protocol = "tls"  # as dask.distributed: encryption required means tls://
         if protocol is None:
             protocol = "tcp" if processes else "inproc"
         if protocol != "inproc" and host is None and interface is None:

@@ -69,11 +69,11 @@ class Pickled:
 
     @classmethod
     def _cloudpickle(cls, obj: Any, first_error: Exception | None) -> Pickled:
-        import cloudpickle
-
         buffers: list = []
         try:
-            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers))
+            f = io.BytesIO()
+            filenames_pickler()(f, protocol=5, buffer_callback=_collector(buffers)).dump(obj)
+            data = f.getvalue()
         except Exception as e:
             reason = e if first_error is None else f"{e} (pickle: {first_error})"
             raise TypeError(
@@ -139,6 +139,33 @@ def _collector(buffers: list):
         return False
 
     return callback
+
+
+_FILENAMES_PICKLER: Any = None
+
+
+def filenames_pickler() -> Any:
+    """cloudpickle's Pickler, keeping each function's file name: cloudpickle writes
+    `<dynamic-code>` instead, and a remote traceback should name the real file."""
+    global _FILENAMES_PICKLER
+    if _FILENAMES_PICKLER is None:
+        import types
+        from collections import ChainMap
+
+        import cloudpickle
+        from cloudpickle import cloudpickle as impl
+
+        def code_reduce(code: types.CodeType) -> tuple:
+            make, args = impl._code_reduce(code)
+            return make, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+        class FilenamesPickler(cloudpickle.Pickler):
+            dispatch_table = ChainMap(
+                {types.CodeType: code_reduce}, cloudpickle.Pickler.dispatch_table
+            )
+
+        _FILENAMES_PICKLER = FilenamesPickler
+    return _FILENAMES_PICKLER
 
 
 def _needs_cloudpickle(obj: Any) -> bool:

@@ -15,10 +15,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 from . import device as _device
-from .serialize import Pickled
+from .serialize import Pickled, filenames_pickler
 from .templates import Template
 
 
@@ -65,7 +63,7 @@ class _ArgsPickler(_RefsMixin, pickle.Pickler):
     pass
 
 
-class _CloudArgsPickler(_RefsMixin, cloudpickle.Pickler):
+class _CloudArgsPickler(_RefsMixin, filenames_pickler()):  # type: ignore[misc]
     pass
 
 

@@ -63,7 +63,7 @@ class Scheduler(Server):
             )
         super().__init__(security=security)
         self.listen_address = address_from(protocol=protocol, host=host, port=port,
-                                           interface=interface)  # fmt: skip
+                                           interface=interface, security=security)  # fmt: skip
         self.scheduler_file = scheduler_file
         self.id = f"Scheduler-{uuid.uuid4().hex[:12]}"
         limit = killed_worker_limit or int(config.get("scheduler.killed-worker-limit", 3))

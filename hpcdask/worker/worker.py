@@ -94,9 +94,12 @@ class Worker(Server):
             os.environ.get("TMPDIR", "/tmp"), "hpcdask-worker-space"
         )
         self.resources = dict(resources or {})
+        scheme = self.scheduler_address.split("://")[0]
+        if getattr(security, "require_encryption", False) and scheme in ("tcp", "ws"):
+            scheme = None  # tls, chosen by address_from
         self.listen_address = address_from(
-            protocol=protocol or self.scheduler_address.split("://")[0],
-            host=host, port=port, interface=interface,
+            protocol=protocol or scheme, host=host, port=port, interface=interface,
+            security=security,
         )  # fmt: skip
         self.death_timeout = death_timeout
         self.lifetime = lifetime
@@ -349,7 +352,7 @@ class Worker(Server):
         except BaseException as e:  # noqa: BLE001 - a task may raise anything, even SystemExit
             stop = time.perf_counter()
             self.recorder.tasks.append((key, threading.get_ident(), start, stop, False))
-            return key, False, e, traceback.format_exc(), stop - start
+            return key, False, e, _frames(e), stop - start
         stop = time.perf_counter()
         self.recorder.tasks.append((key, threading.get_ident(), start, stop, True))
         return key, True, result, None, stop - start
@@ -495,6 +498,13 @@ class _Raiser:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"could not deserialize the task's function: {self.exc}") from self.exc
+
+
+def _frames(exc: BaseException) -> list:
+    """The task's frames, `[filename, lineno, name, line]` each, for the client to rebuild a
+    traceback from (this module's own frame left out)."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]
+    return [[f.filename, f.lineno, f.name, f.line or ""] for f in frames]
 
 
 def parse_memory_limit(limit: Any, nthreads_total_fraction: float) -> int:
