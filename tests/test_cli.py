@@ -113,13 +113,14 @@ def test_dask_worker_flags_job_scripts_pass(scheduler_proc, tmp_path):
     (tmp_path / "greet.py").write_text(PRELOAD)
     lo = _free_port()
     pid_file = tmp_path / "worker.pid"
+    log = open(tmp_path / "worker.log", "w")  # a file, not a pipe nobody reads while it runs
     worker = subprocess.Popen(
         [PY, "-m", "hpcdask", "worker", address, "--nworkers", "2", "--nthreads", "1",
          "--worker-port", f"{lo}:{lo + 5}", "--preload", str(tmp_path / "greet.py"),
          "--no-dashboard", "--dashboard-address", ":0", "--nanny-port", "9999",
          "--worker-class", "distributed.Nanny", "--pid-file", str(pid_file),
          "--", "--greeting", "hello"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=log,
     )  # fmt: skip
     try:
         with Client(address) as client:
@@ -132,7 +133,8 @@ def test_dask_worker_flags_job_scripts_pass(scheduler_proc, tmp_path):
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
-    err = worker.stderr.read()
+    log.close()
+    err = (tmp_path / "worker.log").read_text()
     assert "--nanny-port 9999: ignored" in err and "serve no dashboard" in err
 
 
