@@ -19,13 +19,15 @@ from .client import (
     futures_of,
     wait,
 )
-from .client.client import default_client as get_client
+from .client.client import default_client
+from .client.worker_client import get_client, worker_client
 from .core.exceptions import FutureCancelledError, KilledWorker
 from .deploy import Cluster, LocalCluster, SpecCluster
 from .plugins import PipInstall, SchedulerPlugin, UploadDirectory, WorkerPlugin
 from .scheduler import Scheduler
 from .security import Security
 from .worker import Nanny, Worker, get_worker
+from .worker.secede import rejoin, secede
 
 __version__ = "0.1.0"
 
@@ -59,5 +61,6 @@ __all__ = [
     "PipInstall", "SchedulerPlugin", "Security", "SpecCluster", "UploadDirectory", "Worker",
     "WorkerPlugin", "as_completed",
     "fire_and_forget", "futures_of",
-    "get_client", "get_worker", "wait", *_LAZY,
+    "default_client", "get_client", "get_worker", "rejoin", "secede", "wait", "worker_client",
+    *_LAZY,
 ]  # fmt: skip

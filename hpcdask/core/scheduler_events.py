@@ -164,6 +164,15 @@ class Compute:
 
 
 @dataclass(slots=True)
+class LongRunning:
+    """A task seceded from its worker's thread pool (it waits on other tasks): it no longer
+    counts against the worker's room, so that tasks it launched can run there."""
+
+    worker: str
+    key: str
+
+
+@dataclass(slots=True)
 class FreeKeys:
     worker: str
     keys: list

@@ -15,6 +15,7 @@ from .scheduler_events import (
     CancelKeys,
     CloseWorker,
     DataAdded,
+    LongRunning,
     MissingData,
     ReleaseKeys,
     RemoveClient,
@@ -311,6 +312,17 @@ class EventHandlers(_Base):
         if self.retiring:
             self._run_transitions()
             self._retire_done()
+
+    def _long_running(self, ev: LongRunning) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = ts.processing_on if ts is not None else None
+        if ws is None or ws.address != ev.worker or ts in ws.long_running:
+            return
+        ws.long_running.add(ts)
+        ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
+        ws.processing[ts] = 0.0
+        self._update_idle(ws)
+        self._fill(ws)
 
     # ------------------------------------------------------------ retirement, restart
 

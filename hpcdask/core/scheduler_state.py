@@ -30,6 +30,7 @@ from .scheduler_events import (
     Compute,
     DataAdded,
     FreeKeys,
+    LongRunning,
     MissingData,
     ReleaseKeys,
     RemoveClient,
@@ -106,6 +107,7 @@ class SchedulerState(EventHandlers):
             DataAdded: self._data_added,
             MissingData: self._missing_data,
             WorkerReleasedKey: self._worker_released_key,
+            LongRunning: self._long_running,
             RetireWorkers: self._retire_workers,
             Restart: self._restart,
         }
@@ -287,6 +289,7 @@ class SchedulerState(EventHandlers):
         ts.processing_on = None
         if ws is not None:
             ws.occupancy = max(0.0, ws.occupancy - ws.processing.pop(ts, 0.0))
+            ws.long_running.discard(ts)
             self._update_idle(ws)
         return ws
 
@@ -449,7 +452,7 @@ class SchedulerState(EventHandlers):
         return ws.nthreads + min(extra, 1000 * ws.nthreads)
 
     def _update_idle(self, ws: WorkerState) -> None:
-        if ws.status == "running" and len(ws.processing) < self._cap(ws):
+        if ws.status == "running" and len(ws.processing) - len(ws.long_running) < self._cap(ws):
             self.idle.add(ws)
         else:
             self.idle.discard(ws)
@@ -460,7 +463,7 @@ class SchedulerState(EventHandlers):
         if not queued or ws.status != "running" or ws.address not in self.workers:
             return
         cap = self._cap(ws)
-        while queued and len(ws.processing) < cap:
+        while queued and len(ws.processing) - len(ws.long_running) < cap:
             self._transition(queued.pop(), "processing", ws)
 
     def _free_on(self, ws: WorkerState, key: str) -> None:

@@ -92,7 +92,7 @@ class TaskState:
 class WorkerState:
     __slots__ = (
         "address", "name", "host", "nthreads", "memory_limit", "resources", "processing",
-        "occupancy", "has_what", "nbytes", "status",
+        "occupancy", "has_what", "nbytes", "status", "long_running",
     )  # fmt: skip
 
     def __init__(self, address: str, nthreads: int, name: str | None = None, memory_limit: int = 0,
@@ -108,6 +108,7 @@ class WorkerState:
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         self.status: WorkerStatus = "running"
+        self.long_running: set[TaskState] = set()  # seceded: processing without a thread
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} processing={len(self.processing)}>"

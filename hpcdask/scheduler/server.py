@@ -317,6 +317,8 @@ class Scheduler(Server):
                                            msg.get("traceback"), msg.get("text", "")))  # fmt: skip
             elif op == "add-keys":
                 events.append(ev.DataAdded(addr, msg["nbytes"]))
+            elif op == "long-running":  # the task seceded (worker/secede.py)
+                events.append(ev.LongRunning(addr, msg["key"]))
             elif op == "missing-data":
                 events.append(ev.MissingData(msg["key"], msg["errant"], addr, msg.get("dependent")))
             elif op == "released-keys":
