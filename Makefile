@@ -22,8 +22,10 @@ test: $(PY)
 	bash ci/services.sh $(VENV)
 	$(PY) -m ruff check hpcdask tests benchmarks examples
 	$(PY) -m ruff format --check hpcdask tests benchmarks examples
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(PY)
 	$(PY) -m ruff check hpcdask tests benchmarks examples
 	$(PY) -m ruff format --check hpcdask tests benchmarks examples
+	$(PY) -m mypy

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .comm import CommClosedError, connect, listen
+from .comm import Comm, CommClosedError, connect, listen
 from .protocol.serialize import dumps_plain
 
 logger = logging.getLogger("hpcdask.rpc")
@@ -84,7 +84,7 @@ class Server(AsyncLifecycle):
             if not isinstance(exc, (CommClosedError, OSError)):
                 logger.error("background task failed", exc_info=exc)
 
-    async def _handle_comm(self, comm: Any) -> None:
+    async def _handle_comm(self, comm: Comm) -> None:
         self._comms.add(comm)
         try:
             while not comm.closed():
@@ -150,7 +150,7 @@ class ConnectionPool:
                 return comm
         return await connect(address, security=self.security, timeout=self.timeout)
 
-    def _put(self, address: str, comm: Any) -> None:
+    def _put(self, address: str, comm: Comm) -> None:
         idle = self._idle.setdefault(address, deque())
         if self._closed or len(idle) >= self.limit:
             comm.abort()
@@ -185,7 +185,7 @@ class ConnectionPool:
 class BatchedSend:
     """Coalesces messages sent during one loop turn into one write, in order."""
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Comm) -> None:
         self.comm = comm
         self.buffer: list = []
         self._wake = asyncio.Event()
@@ -210,7 +210,8 @@ class BatchedSend:
                 if not self.buffer:
                     self._idle.set()
                     continue
-                payload, self.buffer = self.buffer, []
+                payload: list | None = self.buffer
+                self.buffer = []
                 await comm.write(dumps_plain(payload))
                 payload = None  # do not keep the last batch (and its buffers) alive
                 if not self.buffer:

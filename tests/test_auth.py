@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -9,6 +8,7 @@ from hpcdask.comm import CommClosedError, connect, get_backend, listen
 from hpcdask.protocol import auth
 from hpcdask.protocol.auth import AuthenticationError
 from hpcdask.security import Security, new_secret
+from hpcdask.testing.polling import async_wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,10 +29,11 @@ async def test_wrong_secret_refused_and_logged(addr, caplog):
     with caplog.at_level(logging.WARNING, logger="hpcdask.comm"):
         with pytest.raises(AuthenticationError, match="refused our secret"):
             await connect(listener.contact_address, security=Security(secret=new_secret()))
-        deadline = asyncio.get_running_loop().time() + 10
-        while not any("failed authentication" in r.getMessage() for r in caplog.records):
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: any("failed authentication" in r.getMessage() for r in caplog.records),
+            10,
+            what="the refusal logged",
+        )
     rec = [r for r in caplog.records if "failed authentication" in r.getMessage()][0]
     assert rec.levelno == logging.WARNING
     assert "refused connection from " + addr.split("://")[0] in rec.getMessage()

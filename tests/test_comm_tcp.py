@@ -9,6 +9,7 @@ from hpcdask.comm import CommClosedError, connect, get_ip, listen
 from hpcdask.comm.base import Backend, Comm, Listener
 from hpcdask.comm.registry import get_backend, register_backend
 from hpcdask.security import Security, new_secret
+from hpcdask.testing.polling import async_wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,10 +86,7 @@ async def test_backpressure_write_waits_for_reader():
     remote._transport.pause_reading()  # a reader that does not keep up
     big = b"x" * (8 * 2**20)
     writer = asyncio.ensure_future(comm.write([big]))
-    deadline = time.monotonic() + 10
-    while not comm._protocol._write_paused:  # poll: the transport's buffer is full
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await async_wait_for(lambda: comm._protocol._write_paused, 10, what="the write paused")
     assert not writer.done()
     remote._transport.resume_reading()
     await asyncio.wait_for(writer, 10)

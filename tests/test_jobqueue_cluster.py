@@ -15,6 +15,7 @@ import pytest
 from hpcdask import Client
 from hpcdask.jobqueue import JobFailedError, JobSubmissionError, SGECluster, SLURMCluster
 from hpcdask.jobqueue._testing import requires_sge, requires_slurm
+from hpcdask.testing.polling import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,12 +27,7 @@ CLASSES = {"slurm": SLURMCluster, "sge": SGECluster}
 
 
 def until(predicate, timeout=45.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(interval)
-    return value
+    return wait_for(predicate, timeout, interval, what=what)
 
 
 def queued(system: str) -> set[str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import config
-from ..comm import connect, normalize_address
+from ..comm import Comm, connect, normalize_address
 from ..protocol.records import GraphTask
 from ..protocol.serialize import Pickled
 from ..protocol.taskspec import FunctionCache, dumps_args
@@ -200,7 +200,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         self._reader = asyncio.ensure_future(self._read_reports(comm))
         self.status = "running"
 
-    async def _read_reports(self, comm: Any) -> None:
+    async def _read_reports(self, comm: Comm) -> None:
         states = self._states
         try:
             while True:

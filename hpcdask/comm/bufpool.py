@@ -38,7 +38,7 @@ class BufferPool:
     def take(self, n: int) -> memoryview:
         """A writable buffer of exactly `n` bytes (contents undefined)."""
         if n < MIN_POOLED or not self._limit():
-            return memoryview(numpy.empty(n, dtype=numpy.uint8))
+            return memoryview(numpy.empty(n, dtype=numpy.uint8))  # type: ignore[arg-type]
         base = None
         with self._lock:
             # the smallest idle buffer that fits and wastes at most half of itself
@@ -56,7 +56,7 @@ class BufferPool:
             base = numpy.empty(size, dtype=numpy.uint8)
         view = base[:n]
         weakref.finalize(view, self._give_back, base)
-        return memoryview(view)
+        return memoryview(view)  # type: ignore[arg-type]
 
     def _give_back(self, base: numpy.ndarray) -> None:
         with self._lock:

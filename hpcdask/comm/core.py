@@ -29,7 +29,7 @@ logger = logging.getLogger("hpcdask.comm")
 __all__ = ["connect", "listen"]
 
 
-def refused(exc: BaseException) -> bool:
+def refused(exc: BaseException | None) -> bool:
     """Whether a failed `connect` ended with nobody listening (not a slow or busy peer)."""
     while exc is not None:
         if isinstance(exc, ConnectionRefusedError):

@@ -529,7 +529,7 @@ class TCPBackend(Backend):
     def resolve_address(self, loc: str) -> str:
         host, port = parse_host_port(loc)
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-        return unparse_host_port(infos[0][4][0], port)
+        return unparse_host_port(str(infos[0][4][0]), port)
 
     def get_local_address_for(self, loc: str) -> str:
         host = self.get_address_host(loc)

@@ -303,7 +303,7 @@ class UCX(Comm):
                 body, pos = bytearray(sum(sizes)), 0
                 if body:
                     await self._recv(body)
-            frames = []
+            frames: list[Any] = []  # bytes, pooled host buffers or device buffers
             for s in sizes:
                 frames.append(bytes(body[pos : pos + s]))
                 pos += s

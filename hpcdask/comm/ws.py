@@ -207,9 +207,9 @@ class _TLSServerConnection(ServerConnection):
             sock = transport.get_extra_info("socket").dup()
         except (OSError, AttributeError) as e:
             logger.warning("refused connection from %s: cannot take over its socket: %s", peer, e)
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]  # a stream transport (or uvloop's)
             return
-        transport.abort()  # closes its own descriptor only; nothing has been read yet
+        transport.abort()  # type: ignore[attr-defined]  # closes its own descriptor only
         task = self.loop.create_task(self._upgrade(sock, peer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

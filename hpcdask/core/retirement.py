@@ -69,7 +69,7 @@ def plan(retiring: Iterable[WorkerState], heirs: list[WorkerState]) -> dict[str,
     out: dict[str, dict[str, Any]] = {}
     for ts in sorted(set(only_on(retiring)), key=lambda t: (-t.nbytes, t.key)):
         free, i, ws = heapq.heappop(heap)
-        out.setdefault(ws.address, {})[ts.key] = ([w.address for w in ts.who_has], ts.nbytes)
+        out.setdefault(ws.address, {})[ts.key] = ([w.address for w in ts.who_has or ()], ts.nbytes)
         heapq.heappush(heap, (free + ts.nbytes, i, ws))
     return out
 

@@ -3,7 +3,7 @@ events, kept apart from the transition table they drive (`scheduler_state.py`)."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import placement, retirement
 from .exceptions import KilledWorker
@@ -15,7 +15,6 @@ from .scheduler_events import (
     CancelKeys,
     CloseWorker,
     DataAdded,
-    LongRunning,
     MissingData,
     ReleaseKeys,
     RemoveClient,
@@ -34,14 +33,19 @@ from .scheduler_events import (
 from .task_state import FIRE_AND_FORGET, ClientState, TaskState, WorkerState, _clients, _priority
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .scheduler_state import SchedulerState
-
-    _Base = SchedulerState
+    # The handlers are methods of SchedulerState, written apart from its transition table;
+    # a base class that refers back to it would be circular, so mypy sees Any here.
+    _Base = Any
 else:
     _Base = object
 
 
 class EventHandlers(_Base):
+    # Set by SchedulerState.__init__; declared here for the type checker.
+    _stim: str
+    avg_duration: float
+    clients: dict[str, ClientState]
+
     # ------------------------------------------------------------ event handlers
 
     def _update_graph(self, ev: UpdateGraph) -> None:
@@ -105,7 +109,7 @@ class EventHandlers(_Base):
         if ts.state == "memory":
             self._out.append(ReportToClient(client, {
                 "op": "key-in-memory", "key": ts.key, "type": ts.typename,
-                "workers": [w.address for w in ts.who_has]}))  # fmt: skip
+                "workers": [w.address for w in ts.who_has or ()]}))  # fmt: skip
             if client == FIRE_AND_FORGET:
                 self._unwant(ts, FIRE_AND_FORGET)
         elif ts.state == "erred":
@@ -312,17 +316,6 @@ class EventHandlers(_Base):
         if self.retiring:
             self._run_transitions()
             self._retire_done()
-
-    def _long_running(self, ev: LongRunning) -> None:
-        ts = self.tasks.get(ev.key)
-        ws = ts.processing_on if ts is not None else None
-        if ws is None or ws.address != ev.worker or ts in ws.long_running:
-            return
-        ws.long_running.add(ts)
-        ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
-        ws.processing[ts] = 0.0
-        self._update_idle(ws)
-        self._fill(ws)
 
     # ------------------------------------------------------------ retirement, restart
 

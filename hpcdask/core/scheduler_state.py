@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from . import placement, retirement
@@ -30,7 +31,6 @@ from .scheduler_events import (
     Compute,
     DataAdded,
     FreeKeys,
-    LongRunning,
     MissingData,
     ReleaseKeys,
     RemoveClient,
@@ -89,10 +89,10 @@ class SchedulerState(EventHandlers):
         self.log: deque = deque(maxlen=log_length)
         self.seq = 0
         # Recommendations: (task, the state it was in when recommended, finish).
-        self._recs: list[tuple[TaskState, str, str]] = []
+        self._recs: list[tuple[TaskState, str, TaskStateName]] = []
         self._out: list = []
         self._stim = ""
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any], None]] = {
             UpdateGraph: self._update_graph,
             AddClient: self._add_client,
             RemoveClient: self._remove_client,
@@ -107,7 +107,6 @@ class SchedulerState(EventHandlers):
             DataAdded: self._data_added,
             MissingData: self._missing_data,
             WorkerReleasedKey: self._worker_released_key,
-            LongRunning: self._long_running,
             RetireWorkers: self._retire_workers,
             Restart: self._restart,
         }
@@ -289,7 +288,6 @@ class SchedulerState(EventHandlers):
         ts.processing_on = None
         if ws is not None:
             ws.occupancy = max(0.0, ws.occupancy - ws.processing.pop(ts, 0.0))
-            ws.long_running.discard(ts)
             self._update_idle(ws)
         return ws
 
@@ -452,7 +450,7 @@ class SchedulerState(EventHandlers):
         return ws.nthreads + min(extra, 1000 * ws.nthreads)
 
     def _update_idle(self, ws: WorkerState) -> None:
-        if ws.status == "running" and len(ws.processing) - len(ws.long_running) < self._cap(ws):
+        if ws.status == "running" and len(ws.processing) < self._cap(ws):
             self.idle.add(ws)
         else:
             self.idle.discard(ws)
@@ -463,7 +461,7 @@ class SchedulerState(EventHandlers):
         if not queued or ws.status != "running" or ws.address not in self.workers:
             return
         cap = self._cap(ws)
-        while queued and len(ws.processing) - len(ws.long_running) < cap:
+        while queued and len(ws.processing) < cap:
             self._transition(queued.pop(), "processing", ws)
 
     def _free_on(self, ws: WorkerState, key: str) -> None:
@@ -478,7 +476,7 @@ class SchedulerState(EventHandlers):
     def _unwant(self, ts: TaskState, client: str) -> None:
         w = ts._wants
         if w is not None:
-            if type(w) is str:
+            if isinstance(w, str):
                 if w == client:
                     ts._wants = None
             else:
@@ -494,7 +492,7 @@ class SchedulerState(EventHandlers):
         w = ts._wants
         if w is None:
             ts._wants = client
-        elif type(w) is str:
+        elif isinstance(w, str):
             if w != client:
                 ts._wants = {w, client}
         else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -118,14 +119,6 @@ class AcquireReplicas:
     nbytes: dict  # key -> nbytes
 
 
-@dataclass(slots=True)
-class Secede:
-    """A running task left its thread slot to wait on other tasks (`secede()`): another task
-    may run in its place, and the scheduler is told it is long-running."""
-
-    key: str
-
-
 # ---------------------------------------------------------------- instructions
 
 
@@ -191,7 +184,6 @@ class WorkerState:
         self.ready: list[tuple[int, int, WTask]] = []  # may hold stale entries; by state
         self.constrained: list[WTask] = []
         self.executing: set[WTask] = set()
-        self.seceded: set[WTask] = set()  # executing, but out of the thread slots
         self.in_flight_workers: dict[str, set[WTask]] = {}
         self.to_fetch: set[WTask] = set()  # may hold stale entries; filtered by state
         self.nbytes_in_memory = 0
@@ -199,7 +191,7 @@ class WorkerState:
         self._stim = ""
         self._seq = 0
         self._out: list = []
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any], None]] = {
             ComputeTask: self._compute,
             FreeKeys: self._free,
             ExecuteSuccess: self._success,
@@ -208,7 +200,6 @@ class WorkerState:
             GatherFailed: self._gather_failed,
             AddData: self._add_data,
             AcquireReplicas: self._acquire_replicas,
-            Secede: self._secede,
         }
 
     def handle(self, *events: Any, stimulus_id: str | None = None) -> list:
@@ -543,25 +534,16 @@ class WorkerState:
             dts.dependents.discard(ts)
         self._transition(ts, "released")
 
-    def _secede(self, ev: Secede) -> None:
-        ts = self.tasks.get(ev.key)
-        if ts is None or ts not in self.executing or ts in self.seceded:
-            return
-        self.seceded.add(ts)
-        if ts.state == "executing":
-            self._out.append(SendToScheduler({"op": "long-running", "key": ts.key}))
-
     def _release_slot(self, ts: WTask) -> None:
         if ts not in self.executing:
             return
         self.executing.discard(ts)
-        self.seceded.discard(ts)
         if ts.resources:
             for name, amount in ts.resources.items():
                 self.available_resources[name] = self.available_resources.get(name, 0) + amount
 
     def _ensure_computing(self) -> None:
-        while len(self.executing) - len(self.seceded) < self.nthreads + self.prefetch:
+        while len(self.executing) < self.nthreads + self.prefetch:
             ts = self._next_runnable()
             if ts is None:
                 return
@@ -582,10 +564,10 @@ class WorkerState:
         return None
 
     def _acquire(self, ts: WTask) -> bool:
-        avail = self.available_resources
-        if any(avail.get(n, 0) < a for n, a in ts.resources.items()):
+        avail, wanted = self.available_resources, ts.resources or {}
+        if any(avail.get(n, 0) < a for n, a in wanted.items()):
             return False
-        for n, a in ts.resources.items():
+        for n, a in wanted.items():
             avail[n] -= a
         return True
 
@@ -606,7 +588,8 @@ class WorkerState:
         for worker, tss in to_fetch.items():
             if len(self.in_flight_workers) >= MAX_FLIGHTS:
                 break
-            batch, size = [], 0
+            batch: list[WTask] = []
+            size = 0
             for ts in sorted(tss, key=_fetch_priority):
                 if batch and size + ts.nbytes > FETCH_BATCH_BYTES:
                     break
@@ -649,8 +632,7 @@ class WorkerState:
         for ts in self.constrained:
             assert ts.state == "constrained" and self.tasks.get(ts.key) is ts, ts
         running = [t for t in self.executing if t.state == "executing"]
-        assert len(running) - len(self.seceded) <= self.nthreads + self.prefetch
-        assert self.seceded <= self.executing
+        assert len(running) <= self.nthreads + self.prefetch
         for name, amount in self.available_resources.items():
             assert 0 <= amount <= self.total_resources.get(name, 0), (name, amount)
         mem = sum(ts.nbytes for ts in self.tasks.values() if ts.state == "memory")

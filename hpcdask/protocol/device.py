@@ -151,7 +151,7 @@ def _flat(host: Any) -> memoryview:
     """Host memory as one flat run of bytes, in the order the device frame had them."""
     import numpy
 
-    return memoryview(numpy.asarray(host).reshape(-1, order="A").view(numpy.uint8))
+    return memoryview(numpy.asarray(host).reshape(-1, order="A").view(numpy.uint8))  # type: ignore[arg-type]
 
 
 def device_pid(obj: Any, device: list) -> Any:

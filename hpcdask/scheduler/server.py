@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 from .. import config
-from ..comm import address_from, get_address_host
+from ..comm import Comm, address_from, get_address_host
 from ..core import scheduler_events as ev
 from ..core.scheduler_state import FIRE_AND_FORGET, SchedulerState
 from ..dashboard import dashboard_link, parse_dashboard_address
@@ -244,7 +244,7 @@ class Scheduler(Server):
 
     # ------------------------------------------------------------ worker streams
 
-    async def _register_worker(self, comm: Any, msg: dict) -> Any:
+    async def _register_worker(self, comm: Comm, msg: dict) -> Any:
         addr = msg["address"]
         if addr in self.worker_streams:
             await comm.send(
@@ -317,8 +317,6 @@ class Scheduler(Server):
                                            msg.get("traceback"), msg.get("text", "")))  # fmt: skip
             elif op == "add-keys":
                 events.append(ev.DataAdded(addr, msg["nbytes"]))
-            elif op == "long-running":  # the task seceded (worker/secede.py)
-                events.append(ev.LongRunning(addr, msg["key"]))
             elif op == "missing-data":
                 events.append(ev.MissingData(msg["key"], msg["errant"], addr, msg.get("dependent")))
             elif op == "released-keys":
@@ -337,7 +335,7 @@ class Scheduler(Server):
 
     # ------------------------------------------------------------ client streams
 
-    async def _register_client(self, comm: Any, msg: dict) -> Any:
+    async def _register_client(self, comm: Comm, msg: dict) -> Any:
         client = msg["client"]
         await comm.send({"status": "OK", "result": {"address": self.address, "id": self.id}})
         bs = BatchedSend(comm)
@@ -414,17 +412,17 @@ class Scheduler(Server):
         """The dashboard's address with its access token (None when it is off)."""
         return dashboard_link(self)
 
-    async def _identity(self, comm: Any, msg: dict) -> dict:
+    async def _identity(self, comm: Comm, msg: dict) -> dict:
         return self.identity()
 
-    async def _who_has(self, comm: Any, msg: dict) -> dict:
+    async def _who_has(self, comm: Comm, msg: dict) -> dict:
         out = {}
         for key in msg["keys"]:
             ts = self.state.tasks.get(key)
             out[key] = [ws.address for ws in ts.who_has] if ts and ts.who_has else []
         return out
 
-    async def _gather(self, comm: Any, msg: dict) -> dict:
+    async def _gather(self, comm: Comm, msg: dict) -> dict:
         """Fetch keys from workers for a client that cannot reach them; data stays pickled."""
         by_worker: dict[str, list] = {}
         missing = []
@@ -442,7 +440,7 @@ class Scheduler(Server):
                 missing.extend(keys)
         return {"data": data, "missing": missing}
 
-    async def _broadcast(self, comm: Any, msg: dict) -> dict:
+    async def _broadcast(self, comm: Comm, msg: dict) -> dict:
         workers = msg.get("workers") or list(self.worker_streams)
         resolved = [self.state.resolve_worker(w) or w for w in workers]
         op = msg.get("msg_op", "run")
@@ -460,7 +458,7 @@ class Scheduler(Server):
         results = await asyncio.gather(*(one(a) for a in resolved))
         return dict(zip(resolved, results))
 
-    async def _run_on_scheduler(self, comm: Any, msg: dict) -> Any:
+    async def _run_on_scheduler(self, comm: Comm, msg: dict) -> Any:
         func = msg["function"].loads()
         args = msg["args"].loads() if msg.get("args") is not None else ()
         kwargs = msg["kwargs"].loads() if msg.get("kwargs") is not None else {}
@@ -477,7 +475,7 @@ class Scheduler(Server):
             return {"status": "error", "exception": Pickled.dumps(e), "text": str(e)}
         return {"status": "OK", "result": Pickled.dumps(result)}
 
-    async def _restart(self, comm: Any, msg: dict) -> dict:
+    async def _restart(self, comm: Comm, msg: dict) -> dict:
         timeout = msg.get("timeout", 60)
         n = len(self.worker_streams)
         nannies = [a for a, i in self.worker_info.items() if i.get("nanny")]
@@ -491,7 +489,7 @@ class Scheduler(Server):
             await self._wait_workers_changed(deadline - time.monotonic())
         return {"workers": len(self.worker_streams)}
 
-    async def _retire_workers(self, comm: Any, msg: dict) -> list:
+    async def _retire_workers(self, comm: Comm, msg: dict) -> list:
         workers = msg.get("workers")
         if workers is None:
             workers = self.state.retirement_order()[: msg.get("n", 0)]
@@ -545,13 +543,13 @@ class Scheduler(Server):
             self._close_retired.pop(a, None)
         return addrs
 
-    async def _register_worker_plugin(self, comm: Any, msg: dict) -> dict:
+    async def _register_worker_plugin(self, comm: Comm, msg: dict) -> dict:
         name = msg["name"]
         self.worker_plugins[name] = msg["plugin"]
         return await self._broadcast(comm, {"msg_op": "plugin-add",
                                             "payload": {"name": name, "plugin": msg["plugin"]}})  # fmt: skip
 
-    async def _register_scheduler_plugin(self, comm: Any, msg: dict) -> None:
+    async def _register_scheduler_plugin(self, comm: Comm, msg: dict) -> None:
         plugin = msg["plugin"].loads()
         self.plugins[msg["name"]] = plugin
         await _maybe_await(getattr(plugin, "start", None), self)
@@ -567,13 +565,13 @@ class Scheduler(Server):
                 except Exception:
                     logger.exception("scheduler plugin %r failed in %s", plugin, hook)
 
-    async def _get_logs(self, comm: Any, msg: dict) -> list:
+    async def _get_logs(self, comm: Comm, msg: dict) -> list:
         return self.logs.lines(msg.get("n"))
 
-    async def _adaptive_target(self, comm: Any, msg: dict) -> int:
+    async def _adaptive_target(self, comm: Comm, msg: dict) -> int:
         return self.state.adaptive_target(msg.get("target_duration", 1.0))
 
-    async def _wait_for_workers(self, comm: Any, msg: dict) -> int:
+    async def _wait_for_workers(self, comm: Comm, msg: dict) -> int:
         n = msg["n"]
         deadline = time.monotonic() + (msg.get("timeout") or 1e9)
         while len(self.state.workers) < n:
@@ -582,17 +580,17 @@ class Scheduler(Server):
             await self._wait_workers_changed(deadline - time.monotonic())
         return len(self.state.workers)
 
-    async def _story(self, comm: Any, msg: dict) -> list:
+    async def _story(self, comm: Comm, msg: dict) -> list:
         return [list(e) for e in self.state.story(*msg["keys"])]
 
-    async def _log_event(self, comm: Any, msg: dict) -> None:
+    async def _log_event(self, comm: Comm, msg: dict) -> None:
         self.events.append((time.time(), msg.get("topic", ""), msg.get("text", "")))
         logger.warning("%s: %s", msg.get("topic", "event"), msg.get("text", ""))
 
-    async def _terminate(self, comm: Any, msg: dict) -> None:
+    async def _terminate(self, comm: Comm, msg: dict) -> None:
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
 
-    async def _shutdown(self, comm: Any, msg: dict) -> None:
+    async def _shutdown(self, comm: Comm, msg: dict) -> None:
         await self._close_workers()
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
 

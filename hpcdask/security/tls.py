@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hpcdask.security.settings import Security
@@ -38,7 +38,7 @@ def make_temporary_credentials() -> dict[str, bytes]:
     import ipaddress
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    valid = {"not_valid_before": now - datetime.timedelta(days=1),
+    valid: dict[str, Any] = {"not_valid_before": now - datetime.timedelta(days=1),
              "not_valid_after": now + datetime.timedelta(days=365)}  # fmt: skip
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hpcdask temporary CA")])

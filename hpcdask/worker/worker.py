@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from .. import config
-from ..comm import address_from
+from ..comm import Comm, address_from
 from ..core import worker_state as ws
 from ..diagnostics.recorder import TaskRecorder
 from ..protocol import records as rec
@@ -34,7 +34,6 @@ from ..security import Security
 from ..utils.logs import LogBuffer
 from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
-from .secede import _HANDOVER, _hand_over, close_task_client
 
 logger = logging.getLogger("hpcdask.worker")
 
@@ -119,7 +118,6 @@ class Worker(Server):
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._threads: list[threading.Thread] = []
-        self._rejoiners: deque = deque()  # threading.Events of seceded tasks that rejoin
         self._avg_duration = 0.01
         self._inline: dict[str, Pickled] = {}
         self._msg_seq = 0  # numbers the stimulus ids of the story
@@ -157,8 +155,10 @@ class Worker(Server):
         listener = await self.listen(self.listen_address)
         self.address = listener.contact_address
         self.state = ws.WorkerState(self.address, self.nthreads, self.resources)
-        for _ in range(self.nthreads):
-            self._start_task_thread()
+        for i in range(self.nthreads):
+            t = threading.Thread(target=self._thread_main, name=f"hpcdask-task-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
         timeout = self.death_timeout or float(config.get("comm.timeouts.connect", 30))
         try:
             from ..comm import connect
@@ -216,7 +216,6 @@ class Worker(Server):
                 await asyncio.wait_for(self.stream.close(), 2)
             except (OSError, asyncio.TimeoutError):
                 self.stream.abort()
-        await close_task_client(self)
         await self.stop_serving()
         await self.pool.close()
         self._stop_threads()
@@ -233,7 +232,7 @@ class Worker(Server):
 
     # ------------------------------------------------------------ scheduler stream
 
-    async def _read_scheduler(self, comm: Any) -> None:
+    async def _read_scheduler(self, comm: Comm) -> None:
         reason, code = "scheduler connection closed", EXIT_SCHEDULER_GONE
         try:
             while True:
@@ -303,53 +302,27 @@ class Worker(Server):
         self._queue.put((ts.key, self._load_function(ts.func), ts.args))
 
     def _thread_main(self) -> None:
-        """A task thread: run queued tasks back to back, post results in batches.
-
-        A task that seceded (worker/secede.py) got a replacement thread: its own thread leaves
-        the pool once the task is done. A task that rejoins takes over the slot of the next
-        pool thread that is between tasks (`_HANDOVER` wakes an idle one)."""
+        """A task thread: run queued tasks back to back, post results in batches."""
         _thread_state.worker = self
         get, results, tasks = self._queue.get, self._results, self.state.tasks
         while True:
             item = get()
             if item is None:
                 return
-            if item is _HANDOVER:
-                if self._rejoiners and _hand_over(self):
-                    return
-                continue
             key, func, args = item
             ts = tasks.get(key)
             if ts is None or ts.state == "cancelled":  # freed while it waited in the queue
                 results.append((key, False, None, None, 0.0))
             else:
                 results.append(self._run_task(key, func, args))
-            if not self._wake():
+            with self._wake_lock:
+                if self._wake_pending:
+                    continue
+                self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_results)
+            except RuntimeError:  # the loop closed under us: the worker is gone
                 return
-            if getattr(_thread_state, "seceded", False):  # a replacement has its slot
-                _thread_state.seceded = False
-                self._threads.remove(threading.current_thread())
-                return
-            if self._rejoiners and _hand_over(self):
-                return
-
-    def _wake(self) -> bool:
-        """Have the event loop drain the results; False once the loop is gone."""
-        with self._wake_lock:
-            if self._wake_pending:
-                return True
-            self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain_results)
-        except RuntimeError:  # the loop closed under us: the worker is gone
-            return False
-        return True
-
-    def _start_task_thread(self) -> None:
-        t = threading.Thread(target=self._thread_main, daemon=True,
-                             name=f"hpcdask-task-{len(self._threads)}")  # fmt: skip
-        self._threads.append(t)  # before it runs: it may hand its slot over at once
-        t.start()
 
     def _drain_results(self) -> None:
         with self._wake_lock:
@@ -442,11 +415,11 @@ class Worker(Server):
             missing = [k for k in keys if k not in data]
             self._handle(ws.GatherDone(worker, nbytes, missing), cause=f"get-data from {worker}")
 
-    async def _get_data(self, comm: Any, msg: dict) -> dict:
+    async def _get_data(self, comm: Comm, msg: dict) -> dict:
         data = self.data
         return {k: Pickled.dumps(data[k]) for k in msg["keys"] if k in data}
 
-    async def _update_data(self, comm: Any, msg: dict) -> dict:
+    async def _update_data(self, comm: Comm, msg: dict) -> dict:
         nbytes = {}
         for key, value in msg["data"].items():
             value = value.loads() if type(value) is Pickled else value
@@ -455,7 +428,7 @@ class Worker(Server):
         self._handle(ws.AddData(nbytes), cause="update-data")
         return nbytes
 
-    async def _acquire_replicas(self, comm: Any, msg: dict) -> None:
+    async def _acquire_replicas(self, comm: Comm, msg: dict) -> None:
         """Copy keys from other workers (one is retiring), through the same fetch machinery
         as a task's inputs: batched per peer, limited in flight, reported as add-keys."""
         self._handle(
@@ -465,12 +438,12 @@ class Worker(Server):
 
     # ------------------------------------------------------------ other requests
 
-    async def _run(self, comm: Any, msg: dict) -> dict:
+    async def _run(self, comm: Comm, msg: dict) -> dict:
         from ..utils.remote import run_remote
 
         return await run_remote(msg, dask_worker=self)
 
-    async def _plugin_add(self, comm: Any, msg: dict) -> dict:
+    async def _plugin_add(self, comm: Comm, msg: dict) -> dict:
         await self._setup_plugin(msg["name"], msg["plugin"])
         return {"status": "OK"}
 
@@ -489,10 +462,10 @@ class Worker(Server):
             if asyncio.iscoroutine(result):
                 await result
 
-    async def _get_logs(self, comm: Any, msg: dict) -> list:
+    async def _get_logs(self, comm: Comm, msg: dict) -> list:
         return self.logs.lines(msg.get("n"))
 
-    async def _close_request(self, comm: Any, msg: dict) -> None:
+    async def _close_request(self, comm: Comm, msg: dict) -> None:
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close("closed by request")))
 
     async def _heartbeat(self) -> None:
