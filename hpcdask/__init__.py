@@ -42,6 +42,14 @@ _LAZY = {
     "progress": "hpcdask.diagnostics",
     "performance_report": "hpcdask.diagnostics",
     "get_task_stream": "hpcdask.diagnostics",
+    "Lock": "hpcdask.client.primitives",
+    "MultiLock": "hpcdask.client.primitives",
+    "Semaphore": "hpcdask.client.primitives",
+    "Event": "hpcdask.client.primitives",
+    "Queue": "hpcdask.client.primitives",
+    "Variable": "hpcdask.client.primitives",
+    "Pub": "hpcdask.client.primitives",
+    "Sub": "hpcdask.client.primitives",
 }
 
 

@@ -37,6 +37,7 @@ from .datasets import Datasets
 from .environment import WorkerEnvironment
 from .future import Future, FutureState
 from .operations import ClusterOperations
+from .primitives import EventLog
 from .structures import (
     _collect,
     _workers_list,
@@ -64,7 +65,7 @@ def _func_name(func: Any) -> str:
 
 
 class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, WorkerEnvironment,
-             SyncAsync):  # fmt: skip
+             EventLog, SyncAsync):  # fmt: skip
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -91,6 +92,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         self.direct_to_workers = direct_to_workers
         self.scheduler_info_cache: dict = {}
         self._states: dict[str, FutureState] = {}
+        self._stream_handlers: dict[str, Callable[[dict], None]] = {}
         self._refcount: dict[str, int] = {}
         self._funcs = FunctionCache()
         self._funcs_sent: set[str] = set()
@@ -208,6 +210,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
                     op = msg["op"]
                     st = states.get(msg.get("key"))
                     if st is None:
+                        if op in self._stream_handlers:  # e.g. pub/sub messages
+                            self._stream_handlers[op](msg)
                         continue
                     if op == "key-in-memory":
                         st.finish(msg.get("type", ""), msg.get("workers"), msg.get("data"))

@@ -28,7 +28,9 @@ from ..protocol.records import read
 from ..protocol.serialize import Pickled
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security, as_secret, new_secret, remove_secret, save_secret
+from ..utils.durations import parse_duration
 from ..utils.logs import LogBuffer
+from .coordination import install as install_coordination
 from .datasets import install as install_datasets
 
 logger = logging.getLogger("hpcdask.scheduler")
@@ -115,6 +117,7 @@ class Scheduler(Server):
             "shutdown": self._shutdown,
         })  # fmt: skip
         install_datasets(self)  # publish_dataset & co (scheduler/datasets.py)
+        install_coordination(self)  # Lock, Queue, Event... (scheduler/coordination.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -355,6 +358,7 @@ class Scheduler(Server):
             bs.abort()
             if self.status == "running":
                 self.apply(ev.RemoveClient(client), stimulus_id=self._stimulus("closed", client))
+                self._notify_plugins("remove_client", client=client)
             comm.abort()
         return Server.STREAM
 
