@@ -5,8 +5,8 @@
 
 Modes, alternated sample by sample so that machine noise hits all alike:
   off       LocalCluster(dashboard_address=None)
-  chromium  the dashboard on, its status page open in real headless Chromium (polling twice a
-            second, drawing the task stream) for the whole run
+  chromium  the dashboard on, its status page open in real headless Chromium (polling every
+            0.75 s, drawing the task stream) for the whole run
   poller    the dashboard on, a process fetching what the page fetches (no rendering): the
             scheduler's own cost without a browser competing for this machine's cores
 Each sample is LocalCluster(n_workers=2, threads_per_worker=1) + map(noop, range(n),
@@ -70,7 +70,7 @@ import json, sys, time, urllib.request
 base, token = sys.argv[1].split("/status?token=")
 cursor = tcursor = -1
 while True:
-    time.sleep(0.5)
+    time.sleep(0.75)
     url = f"{base}/api/status.json?since={cursor}&tsince={tcursor}&token={token}"
     try:
         d = json.loads(urllib.request.urlopen(url, timeout=10).read())
@@ -82,7 +82,7 @@ while True:
 
 
 class Poller:
-    """A process fetching /api/status.json twice a second with a cursor, as the page does."""
+    """A process fetching /api/status.json every 0.75 s with a cursor, as the page does."""
 
     def __init__(self, link: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", POLL, link])

@@ -21,11 +21,13 @@ from typing import Any
 import msgpack
 
 from ..plugins import SchedulerPlugin
+from .recorder import unpack_columns
 
 logger = logging.getLogger("hpcdask.diagnostics")
 
 SCAN_SHARE = 0.05  # most of the loop's time progress scans may take
 _FUNC_STATE = attrgetter("func", "state")
+_ENCODED = (bytes, bytearray, memoryview, list)  # as they came, not decoded yet
 STATES = ("released", "waiting", "no-worker", "queued", "processing", "memory", "erred")
 
 
@@ -56,7 +58,8 @@ class RecordLog:
     Past `maxlen` records the oldest batches are dropped.
     """
 
-    def __init__(self, maxlen: int) -> None:
+    def __init__(self, maxlen: int, decode: Any = None) -> None:
+        self.decode = decode or (lambda blob: msgpack.unpackb(blob, use_list=False))
         self.batches: deque = deque()  # [index of first row, worker, clock offset, rows, n]
         self.count = 0  # rows ever added: the cursor pages ask "since"
         self.size = 0
@@ -86,8 +89,8 @@ class RecordLog:
         out = []
         for batch in reversed(picked):
             first, worker, offset, rows = batch[:4]
-            if not isinstance(rows, (list, tuple)):  # bytes, or a memoryview of a large frame
-                rows = batch[3] = msgpack.unpackb(rows, use_list=False)
+            if type(rows) in _ENCODED:
+                rows = batch[3] = self.decode(rows)
             start = max(0, cursor - first)
             start += (-(first + start)) % step  # the same global stride across batches
             out.extend((worker, offset, row) for row in rows[start::step])
@@ -100,7 +103,7 @@ class Collector(SchedulerPlugin):
     def __init__(self, interval: float = 1.0, maxlen: int = 100_000) -> None:
         self.interval = interval
         self.scheduler: Any = None
-        self.tasks = RecordLog(maxlen)  # rows: (key, thread ident, start, stop, ok)
+        self.tasks = RecordLog(maxlen, unpack_columns)  # rows: (key, ident, start, stop, ok)
         self.transfers = RecordLog(maxlen // 4)  # rows: (source, nkeys, nbytes, start, stop)
         self._prefixes: dict[str, str] = {}
         self._func_prefix: dict[Any, str | None] = {}
@@ -286,7 +289,7 @@ class Collector(SchedulerPlugin):
 
     # ------------------------------------------------------------ queries
 
-    def since(self, cursor: int, limit: int | None = 1_000) -> tuple[int, list]:
+    def since(self, cursor: int, limit: int | None = 750) -> tuple[int, list]:
         """(new cursor, task records after `cursor`; a sample of them past `limit`)."""
         rec = self.task_record
         return self.tasks.count, [rec(*r) for r in self.tasks.since(cursor, limit)]

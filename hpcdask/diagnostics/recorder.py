@@ -9,10 +9,47 @@ a worker nobody asks keeps at most `maxlen` records.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
 from typing import Any
 
 import msgpack
+
+
+def pack_columns(rows: list) -> list:
+    """Task rows as columns: keys (msgpack), thread idents, starts, stops (arrays), ok flags.
+
+    Numbers as raw arrays cost nothing to pack or unpack, so the scheduler pays only for the
+    keys of a drain, and only when somebody reads it."""
+    if not rows:
+        return []
+    keys, idents, starts, stops, oks = zip(*rows)
+    return [msgpack.packb(keys), array("Q", idents).tobytes(), array("d", starts).tobytes(),
+            array("d", stops).tobytes(), bytes(oks)]  # fmt: skip
+
+
+def unpack_columns(blobs: list) -> Columns:
+    keys = msgpack.unpackb(blobs[0], use_list=False)
+    idents, starts, stops = array("Q"), array("d"), array("d")
+    idents.frombytes(blobs[1])
+    starts.frombytes(blobs[2])
+    stops.frombytes(blobs[3])
+    return Columns((keys, idents, starts, stops, bytes(blobs[4])))
+
+
+class Columns:
+    """Rows stored as columns; slicing gives (key, ident, start, stop, ok) tuples."""
+
+    __slots__ = ("cols",)
+
+    def __init__(self, cols: tuple) -> None:
+        self.cols = cols
+
+    def __len__(self) -> int:
+        return len(self.cols[0])
+
+    def __getitem__(self, sl: slice) -> list:
+        return list(zip(*(c[sl] for c in self.cols)))
 
 
 class TaskRecorder:
@@ -43,7 +80,7 @@ class TaskRecorder:
         while transfers:
             out_x.append(pop())
         return {
-            "tasks": msgpack.packb(out_t), "ntasks": len(out_t),
+            "tasks": pack_columns(out_t), "ntasks": len(out_t),
             "transfers": msgpack.packb(out_x), "ntransfers": len(out_x),
             "offset": time.time() - time.perf_counter(),
             "bytes_received": self.bytes_received, "transfers_done": self.transfers_done,

@@ -3,13 +3,13 @@
 // proxy path (e.g. JupyterHub's /user/NAME/proxy/8787/status).
 "use strict";
 
-const POLL_MS = 500;       // status page: at least one update per second, even with jitter
+const POLL_MS = 750;       // status page: more than one update per second, even with jitter
 const SLOW_MS = 2000;      // logs and jobs
 const WINDOW_S = 30;       // task stream window
 const MAX_RECORDS = 60000;
 
 const state = { page: "status", cursor: -1, tcursor: -1, records: [], transfers: [],
-                offset: 0, workers: [], updates: 0, timer: null, busy: false };
+                offset: 0, workers: [], updates: 0, stamps: [], timer: null, busy: false };
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -250,6 +250,10 @@ async function tick() {
     await POLLERS[state.page][0]();
     state.updates++;
     document.body.dataset.updates = String(state.updates);
+    state.stamps.push(Date.now());
+    if (state.stamps.length > 20) state.stamps.shift();
+    const gaps = state.stamps.slice(1).map((t, i) => t - state.stamps[i]).sort((a, b) => a - b);
+    if (gaps.length) document.body.dataset.interval = String(gaps[gaps.length >> 1]);  // median, ms
     setConn(true);
   } catch (e) {
     setConn(false, String(e.message || e));
