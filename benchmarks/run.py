@@ -101,15 +101,6 @@ SPECS: dict[str, Spec] = {
         0.25,
         (900, 240),
     ),
-    "memory_client": Spec(
-        "scheduler + client process (LocalCluster) per pending task on a pending input, {n:,}",
-        "bytes_per_task",
-        "bytes",
-        ("distributed", "hpcdask"),
-        "le",
-        0.25,
-        (900, 240),
-    ),
     "million": Spec(
         "{n:,} pending tasks: scheduler RSS; time to submit",
         "rss_after",

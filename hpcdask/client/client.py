@@ -36,6 +36,7 @@ from .data import DataMovement
 from .datasets import Datasets
 from .environment import WorkerEnvironment
 from .future import Future, FutureState
+from .introspection import Introspection
 from .operations import ClusterOperations
 from .primitives import EventLog
 from .structures import (
@@ -65,7 +66,7 @@ def _func_name(func: Any) -> str:
 
 
 class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, WorkerEnvironment,
-             EventLog, SyncAsync):  # fmt: skip
+             EventLog, Introspection, SyncAsync):  # fmt: skip
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(

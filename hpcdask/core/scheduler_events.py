@@ -164,6 +164,15 @@ class Compute:
 
 
 @dataclass(slots=True)
+class DropReplicas:
+    """Drop these copies from `worker` (a rebalance moved them); the last copy of a key is
+    never dropped this way."""
+
+    worker: str
+    keys: list
+
+
+@dataclass(slots=True)
 class LongRunning:
     """A task seceded from its worker's thread pool (it waits on other tasks): it no longer
     counts against the worker's room, so that tasks it launched can run there."""

@@ -15,6 +15,8 @@ from .scheduler_events import (
     CancelKeys,
     CloseWorker,
     DataAdded,
+    DropReplicas,
+    LongRunning,
     MissingData,
     ReleaseKeys,
     RemoveClient,
@@ -30,15 +32,7 @@ from .scheduler_events import (
     WorkerReleasedKey,
     WorkerRetired,
 )
-from .task_state import (
-    FIRE_AND_FORGET,
-    ClientState,
-    TaskState,
-    WorkerState,
-    _clients,
-    _priority,
-    add_to,
-)
+from .task_state import FIRE_AND_FORGET, ClientState, TaskState, WorkerState, _clients, _priority
 
 if TYPE_CHECKING:  # pragma: no cover
     # The handlers are methods of SchedulerState, written apart from its transition table;
@@ -88,8 +82,10 @@ class EventHandlers(_Base):
                         ts.exception_text = str(ts.exception)
                         continue
                     deps.append(dts)
-                    dts.dependents = add_to(dts.dependents, ts)
-                ts.dependencies = tuple(deps)
+                    if dts.dependents is None:
+                        dts.dependents = set()
+                    dts.dependents.add(ts)
+                ts.dependencies = deps
         for key in ev.wanted:
             ts = tasks.get(key)
             if ts is None:
@@ -322,6 +318,27 @@ class EventHandlers(_Base):
         if self.retiring:
             self._run_transitions()
             self._retire_done()
+
+    def _drop_replicas(self, ev: DropReplicas) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is None:
+            return
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.who_has and ws in ts.who_has and len(ts.who_has) > 1:
+                self._drop_replica(key, ev.worker)
+                self._free_on(ws, key)
+
+    def _long_running(self, ev: LongRunning) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = ts.processing_on if ts is not None else None
+        if ws is None or ws.address != ev.worker or ts in ws.long_running:
+            return
+        ws.long_running.add(ts)
+        ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
+        ws.processing[ts] = 0.0
+        self._update_idle(ws)
+        self._fill(ws)
 
     # ------------------------------------------------------------ retirement, restart
 

@@ -30,7 +30,9 @@ from .scheduler_events import (
     CancelKeys,
     Compute,
     DataAdded,
+    DropReplicas,
     FreeKeys,
+    LongRunning,
     MissingData,
     ReleaseKeys,
     RemoveClient,
@@ -48,7 +50,6 @@ from .scheduler_events import (
 from .scheduler_handlers import EventHandlers
 from .task_state import (  # noqa: F401 - re-exported: the records belong to this machine
     FIRE_AND_FORGET,
-    SMALL,
     STATES,
     ClientState,
     TaskState,
@@ -57,9 +58,6 @@ from .task_state import (  # noqa: F401 - re-exported: the records belong to thi
     _clients,
     _load,
     _priority,
-    add_to,
-    discard_from,
-    small_collection,
 )
 
 
@@ -111,6 +109,8 @@ class SchedulerState(EventHandlers):
             DataAdded: self._data_added,
             MissingData: self._missing_data,
             WorkerReleasedKey: self._worker_released_key,
+            LongRunning: self._long_running,
+            DropReplicas: self._drop_replicas,
             RetireWorkers: self._retire_workers,
             Restart: self._restart,
         }
@@ -221,28 +221,22 @@ class SchedulerState(EventHandlers):
 
     def _released_waiting(self, ts: TaskState) -> None:
         ts.state = "waiting"
-        waiting_on = []
+        waiting_on = set()
         for dts in ts.dependencies or ():
-            if dts.waiters is None and dts.dependents == (ts,):
-                dts.waiters = dts.dependents  # the same one-member tuple: 48 bytes saved
-            else:
-                dts.waiters = add_to(dts.waiters, ts)
+            if dts.waiters is None:
+                dts.waiters = set()
+            dts.waiters.add(ts)
             if dts.state == "memory":
                 continue
             if dts.state == "erred":
                 ts.exception_blame = dts.exception_blame or dts
                 self._rec(ts, "erred")
                 return
-            if dts not in waiting_on:
-                waiting_on.append(dts)
+            waiting_on.add(dts)
             if dts.state == "released":
                 self._rec(dts, "waiting")
         if waiting_on:
-            deps = ts.dependencies
-            if deps is not None and len(deps) == len(waiting_on) <= SMALL:
-                ts.waiting_on = deps  # waits on all of them: share the tuple
-            else:
-                ts.waiting_on = small_collection(waiting_on)
+            ts.waiting_on = waiting_on
         else:
             ts.waiting_on = None
             self._rec(ts, "processing")
@@ -298,6 +292,7 @@ class SchedulerState(EventHandlers):
         ts.processing_on = None
         if ws is not None:
             ws.occupancy = max(0.0, ws.occupancy - ws.processing.pop(ts, 0.0))
+            ws.long_running.discard(ts)
             self._update_idle(ws)
         return ws
 
@@ -332,7 +327,9 @@ class SchedulerState(EventHandlers):
             # The only copies are gone: dependents that counted on them must wait again.
             for dts in ts.dependents or ():
                 if dts.state == "waiting":
-                    dts.waiting_on = add_to(dts.waiting_on, ts)
+                    if dts.waiting_on is None:
+                        dts.waiting_on = set()
+                    dts.waiting_on.add(ts)
                 elif dts.state in ("processing", "no-worker", "queued"):
                     self._rec(dts, "released")
         for ws in ts.who_has or ():
@@ -360,8 +357,10 @@ class SchedulerState(EventHandlers):
         ts.state = "forgotten"
         self.tasks.pop(ts.key, None)
         for dts in ts.dependencies or ():
-            dts.dependents = discard_from(dts.dependents, ts)
-            dts.waiters = discard_from(dts.waiters, ts)
+            if dts.dependents is not None:
+                dts.dependents.discard(ts)
+            if dts.waiters is not None:
+                dts.waiters.discard(ts)
             if not dts.dependents and not dts._wants:
                 self._rec(dts, "forgotten")
             elif dts.state == "memory" and not self._needed(dts):
@@ -372,7 +371,7 @@ class SchedulerState(EventHandlers):
         """`ts` no longer needs its inputs' data; free inputs that nobody else needs."""
         for dts in ts.dependencies or ():
             if dts.waiters:
-                dts.waiters = discard_from(dts.waiters, ts)
+                dts.waiters.discard(ts)
                 if dts.state == "memory" and not self._needed(dts):
                     self._rec(dts, "released")
 
@@ -418,7 +417,7 @@ class SchedulerState(EventHandlers):
         for dts in ts.dependents or ():
             waiting_on = dts.waiting_on
             if dts.state == "waiting" and waiting_on is not None:
-                waiting_on = dts.waiting_on = discard_from(waiting_on, ts)
+                waiting_on.discard(ts)
                 if not waiting_on:
                     self._rec(dts, "processing")
         self._drop_from_dependencies(ts)
@@ -456,7 +455,7 @@ class SchedulerState(EventHandlers):
         return ws.nthreads + min(extra, 1000 * ws.nthreads)
 
     def _update_idle(self, ws: WorkerState) -> None:
-        if ws.status == "running" and len(ws.processing) < self._cap(ws):
+        if ws.status == "running" and len(ws.processing) - len(ws.long_running) < self._cap(ws):
             self.idle.add(ws)
         else:
             self.idle.discard(ws)
@@ -467,7 +466,7 @@ class SchedulerState(EventHandlers):
         if not queued or ws.status != "running" or ws.address not in self.workers:
             return
         cap = self._cap(ws)
-        while queued and len(ws.processing) < cap:
+        while queued and len(ws.processing) - len(ws.long_running) < cap:
             self._transition(queued.pop(), "processing", ws)
 
     def _free_on(self, ws: WorkerState, key: str) -> None:

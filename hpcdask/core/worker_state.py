@@ -119,6 +119,14 @@ class AcquireReplicas:
     nbytes: dict  # key -> nbytes
 
 
+@dataclass(slots=True)
+class Secede:
+    """A running task left its thread slot to wait on other tasks (`secede()`): another task
+    may run in its place, and the scheduler is told it is long-running."""
+
+    key: str
+
+
 # ---------------------------------------------------------------- instructions
 
 
@@ -184,6 +192,7 @@ class WorkerState:
         self.ready: list[tuple[int, int, WTask]] = []  # may hold stale entries; by state
         self.constrained: list[WTask] = []
         self.executing: set[WTask] = set()
+        self.seceded: set[WTask] = set()  # executing, but out of the thread slots
         self.in_flight_workers: dict[str, set[WTask]] = {}
         self.to_fetch: set[WTask] = set()  # may hold stale entries; filtered by state
         self.nbytes_in_memory = 0
@@ -200,6 +209,7 @@ class WorkerState:
             GatherFailed: self._gather_failed,
             AddData: self._add_data,
             AcquireReplicas: self._acquire_replicas,
+            Secede: self._secede,
         }
 
     def handle(self, *events: Any, stimulus_id: str | None = None) -> list:
@@ -534,16 +544,25 @@ class WorkerState:
             dts.dependents.discard(ts)
         self._transition(ts, "released")
 
+    def _secede(self, ev: Secede) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None or ts not in self.executing or ts in self.seceded:
+            return
+        self.seceded.add(ts)
+        if ts.state == "executing":
+            self._out.append(SendToScheduler({"op": "long-running", "key": ts.key}))
+
     def _release_slot(self, ts: WTask) -> None:
         if ts not in self.executing:
             return
         self.executing.discard(ts)
+        self.seceded.discard(ts)
         if ts.resources:
             for name, amount in ts.resources.items():
                 self.available_resources[name] = self.available_resources.get(name, 0) + amount
 
     def _ensure_computing(self) -> None:
-        while len(self.executing) < self.nthreads + self.prefetch:
+        while len(self.executing) - len(self.seceded) < self.nthreads + self.prefetch:
             ts = self._next_runnable()
             if ts is None:
                 return
@@ -632,7 +651,8 @@ class WorkerState:
         for ts in self.constrained:
             assert ts.state == "constrained" and self.tasks.get(ts.key) is ts, ts
         running = [t for t in self.executing if t.state == "executing"]
-        assert len(running) <= self.nthreads + self.prefetch
+        assert len(running) - len(self.seceded) <= self.nthreads + self.prefetch
+        assert self.seceded <= self.executing
         for name, amount in self.available_resources.items():
             assert 0 <= amount <= self.total_resources.get(name, 0), (name, amount)
         mem = sum(ts.nbytes for ts in self.tasks.values() if ts.state == "memory")

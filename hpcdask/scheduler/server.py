@@ -32,6 +32,7 @@ from ..utils.durations import parse_duration
 from ..utils.logs import LogBuffer
 from .coordination import install as install_coordination
 from .datasets import install as install_datasets
+from .introspection import install as install_introspection
 
 logger = logging.getLogger("hpcdask.scheduler")
 
@@ -118,6 +119,7 @@ class Scheduler(Server):
         })  # fmt: skip
         install_datasets(self)  # publish_dataset & co (scheduler/datasets.py)
         install_coordination(self)  # Lock, Queue, Event... (scheduler/coordination.py)
+        install_introspection(self)  # has_what, rebalance... (scheduler/introspection.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -320,6 +322,8 @@ class Scheduler(Server):
                                            msg.get("traceback"), msg.get("text", "")))  # fmt: skip
             elif op == "add-keys":
                 events.append(ev.DataAdded(addr, msg["nbytes"]))
+            elif op == "long-running":  # the task seceded (worker/secede.py)
+                events.append(ev.LongRunning(addr, msg["key"]))
             elif op == "missing-data":
                 events.append(ev.MissingData(msg["key"], msg["errant"], addr, msg.get("dependent")))
             elif op == "released-keys":

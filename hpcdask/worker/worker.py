@@ -34,6 +34,8 @@ from ..security import Security
 from ..utils.logs import LogBuffer
 from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
+from .introspection import install as install_introspection
+from .secede import _HANDOVER, _hand_over, close_task_client
 
 logger = logging.getLogger("hpcdask.worker")
 
@@ -118,6 +120,7 @@ class Worker(Server):
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._threads: list[threading.Thread] = []
+        self._rejoiners: deque = deque()  # threading.Events of seceded tasks that rejoin
         self._avg_duration = 0.01
         self._inline: dict[str, Pickled] = {}
         self._msg_seq = 0  # numbers the stimulus ids of the story
@@ -138,6 +141,7 @@ class Worker(Server):
             "drain-task-stream": self.recorder.handler,
             "close": self._close_request,
         })  # fmt: skip
+        install_introspection(self)  # call stacks, state dump (worker/introspection.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,10 +159,8 @@ class Worker(Server):
         listener = await self.listen(self.listen_address)
         self.address = listener.contact_address
         self.state = ws.WorkerState(self.address, self.nthreads, self.resources)
-        for i in range(self.nthreads):
-            t = threading.Thread(target=self._thread_main, name=f"hpcdask-task-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        for _ in range(self.nthreads):
+            self._start_task_thread()
         timeout = self.death_timeout or float(config.get("comm.timeouts.connect", 30))
         try:
             from ..comm import connect
@@ -216,6 +218,8 @@ class Worker(Server):
                 await asyncio.wait_for(self.stream.close(), 2)
             except (OSError, asyncio.TimeoutError):
                 self.stream.abort()
+        await close_task_client(self)
+        self.profiler.stop()
         await self.stop_serving()
         await self.pool.close()
         self._stop_threads()
@@ -302,27 +306,53 @@ class Worker(Server):
         self._queue.put((ts.key, self._load_function(ts.func), ts.args))
 
     def _thread_main(self) -> None:
-        """A task thread: run queued tasks back to back, post results in batches."""
+        """A task thread: run queued tasks back to back, post results in batches.
+
+        A task that seceded (worker/secede.py) got a replacement thread: its own thread leaves
+        the pool once the task is done. A task that rejoins takes over the slot of the next
+        pool thread that is between tasks (`_HANDOVER` wakes an idle one)."""
         _thread_state.worker = self
         get, results, tasks = self._queue.get, self._results, self.state.tasks
         while True:
             item = get()
             if item is None:
                 return
+            if item is _HANDOVER:
+                if self._rejoiners and _hand_over(self):
+                    return
+                continue
             key, func, args = item
             ts = tasks.get(key)
             if ts is None or ts.state == "cancelled":  # freed while it waited in the queue
                 results.append((key, False, None, None, 0.0))
             else:
                 results.append(self._run_task(key, func, args))
-            with self._wake_lock:
-                if self._wake_pending:
-                    continue
-                self._wake_pending = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain_results)
-            except RuntimeError:  # the loop closed under us: the worker is gone
+            if not self._wake():
                 return
+            if getattr(_thread_state, "seceded", False):  # a replacement has its slot
+                _thread_state.seceded = False
+                self._threads.remove(threading.current_thread())
+                return
+            if self._rejoiners and _hand_over(self):
+                return
+
+    def _wake(self) -> bool:
+        """Have the event loop drain the results; False once the loop is gone."""
+        with self._wake_lock:
+            if self._wake_pending:
+                return True
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain_results)
+        except RuntimeError:  # the loop closed under us: the worker is gone
+            return False
+        return True
+
+    def _start_task_thread(self) -> None:
+        t = threading.Thread(target=self._thread_main, daemon=True,
+                             name=f"hpcdask-task-{len(self._threads)}")  # fmt: skip
+        self._threads.append(t)  # before it runs: it may hand its slot over at once
+        t.start()
 
     def _drain_results(self) -> None:
         with self._wake_lock:
