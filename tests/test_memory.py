@@ -144,3 +144,64 @@ def test_sizeof_of_common_types():
     assert sizeof([b"x" * 1000] * 10) >= 10_000
     df = pd.DataFrame({"a": np.arange(1000), "s": [f"text {i}" for i in range(1000)]})
     assert sizeof(df) > 8000 + 1000 * 10  # the strings count too
+
+
+# ---------------------------------------------------------------- decisions in the worker's state machine
+
+
+def _state(limit: int = 1000, fractions=(0.6, 0.7, 0.8)):
+    from hpcdask.core.worker_state import WorkerState
+
+    return WorkerState("tcp://me:1", 1, memory_limit=limit, memory_fractions=fractions)
+
+
+def _compute(key: str, deps: dict | None = None):
+    from hpcdask.core.worker_state import ComputeTask
+    from hpcdask.protocol.records import COMPUTE
+
+    deps = deps or {}
+    return ComputeTask(COMPUTE, key, f"f-{key}", (key,), deps, dict.fromkeys(deps, 100), 0)
+
+
+def test_spill_by_process_memory_down_to_target():
+    from hpcdask.core.worker_state import MemorySample, SpillData
+
+    w = _state()
+    assert w.handle(MemorySample(690, 500)) == []  # under spill (0.7)
+    out = w.handle(MemorySample(750, 500))
+    assert out == [SpillData(150)] and w.status == "running"  # to target (0.6)
+    assert w.handle(MemorySample(750, 0)) == []  # nothing managed: nothing to spill
+
+
+def test_pause_stops_tasks_and_fetches_and_resumes():
+    from hpcdask.core.worker_state import (
+        Execute,
+        GatherDep,
+        MemorySample,
+        SendToScheduler,
+        SpillData,
+    )
+
+    w = _state()
+    out = w.handle(MemorySample(850, 100))
+    assert w.status == "paused"
+    assert SendToScheduler({"op": "worker-status", "status": "paused"}) in out
+    assert SpillData(100) in out
+    out = w.handle(_compute("a"), _compute("b", {"x": ["tcp://peer:1"]}))
+    assert not [i for i in out if isinstance(i, (Execute, GatherDep))]  # data still served
+    w.validate()
+    out = w.handle(MemorySample(790, 100))  # still past spill, under pause
+    assert w.status == "running"
+    assert SendToScheduler({"op": "worker-status", "status": "running"}) in out
+    assert [i.key for i in out if isinstance(i, Execute)] == ["a"]
+    assert [i.keys for i in out if isinstance(i, GatherDep)] == [["x"]]
+    assert [e[1:3] for e in w.story("<worker>")] == [("running", "paused"), ("paused", "running")]
+    w.validate()
+
+
+def test_no_limit_or_zero_fractions_turn_steps_off():
+    from hpcdask.core.worker_state import MemorySample
+
+    assert _state(limit=0).handle(MemorySample(10**12, 10**12)) == []
+    w = _state(fractions=(0.6, 0, 0))
+    assert w.handle(MemorySample(990, 500)) == [] and w.status == "running"

@@ -6,13 +6,19 @@ from __future__ import annotations
 class KilledWorker(Exception):
     """A task was running on every worker that died, too many times to try again."""
 
-    def __init__(self, key: str, last_worker: str, attempts: int) -> None:
+    def __init__(self, key: str, last_worker: str, attempts: int, reason: str = "") -> None:
         self.key = key
         self.last_worker = last_worker
         self.attempts = attempts
-        super().__init__(key, last_worker, attempts)
+        self.reason = reason  # why the last worker died, when its nanny or the scheduler knew
+        super().__init__(key, last_worker, attempts, reason)
 
     def __str__(self) -> str:
+        if self.reason:
+            return (
+                f"Task {self.key!r} was running on {self.attempts} workers that all died; the "
+                f"last one, {self.last_worker}, because: {self.reason}. It is not retried again."
+            )
         return (
             f"Task {self.key!r} was running on {self.attempts} workers that all died "
             f"(the last one was {self.last_worker}). The task probably crashes its worker "

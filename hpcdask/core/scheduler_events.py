@@ -86,6 +86,37 @@ class RemoveWorker:
 
 
 @dataclass(slots=True)
+class WorkerHeartbeat:
+    worker: str
+    now: float  # time.monotonic() when it arrived
+
+
+@dataclass(slots=True)
+class CheckWorkerTTL:
+    """From a timer: remove workers silent for longer than `worker_ttl` (a frozen or cut-off
+    worker would otherwise hold its tasks and data forever)."""
+
+    now: float  # time.monotonic()
+
+
+@dataclass(slots=True)
+class WorkerStatusChanged:
+    """The worker paused (memory past `worker.memory.pause`) or runs again."""
+
+    worker: str
+    status: str  # "paused" or "running"
+
+
+@dataclass(slots=True)
+class WorkerDeathReason:
+    """Why a worker is about to die (its nanny kills it past `worker.memory.terminate`): kept
+    until the worker is removed, for the KilledWorker message."""
+
+    worker: str
+    reason: str
+
+
+@dataclass(slots=True)
 class TaskFinished:
     worker: str
     key: str
@@ -216,3 +247,4 @@ class CloseWorker:
 
     worker: str
     restart: bool = False
+    reason: str = ""  # told to the worker (a TTL removal: it comes back and must reconnect)

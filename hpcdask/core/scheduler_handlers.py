@@ -13,6 +13,7 @@ from .scheduler_events import (
     AddClient,
     AddWorker,
     CancelKeys,
+    CheckWorkerTTL,
     CloseWorker,
     DataAdded,
     DropReplicas,
@@ -29,8 +30,11 @@ from .scheduler_events import (
     TaskFinished,
     UpdateGraph,
     WantKeys,
+    WorkerDeathReason,
+    WorkerHeartbeat,
     WorkerReleasedKey,
     WorkerRetired,
+    WorkerStatusChanged,
 )
 from .task_state import FIRE_AND_FORGET, ClientState, TaskState, WorkerState, _clients, _priority
 
@@ -220,6 +224,7 @@ class EventHandlers(_Base):
         ws.status = "closed"
         self.idle.discard(ws)
         self.retiring.pop(ev.address, None)
+        reason = self.death_reasons.pop(ev.address, "") or ev.reason
         if self.aliases.get(str(ws.name)) == ws.address:
             del self.aliases[str(ws.name)]
         if self._stim == "RemoveWorker":
@@ -239,7 +244,7 @@ class EventHandlers(_Base):
             if not ev.safe:
                 ts.suspicious += 1
                 if ts.suspicious >= self.killed_worker_limit:
-                    ts.exception = KilledWorker(ts.key, ws.address, ts.suspicious)
+                    ts.exception = KilledWorker(ts.key, ws.address, ts.suspicious, reason)
                     ts.exception_text = str(ts.exception)
                     ts.exception_blame = ts
                     self._rec(ts, "erred")
@@ -247,6 +252,44 @@ class EventHandlers(_Base):
                     continue
             self._rec(ts, "released")
             self._run_transitions()
+
+    def _worker_heartbeat(self, ev: WorkerHeartbeat) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is not None:
+            ws.last_seen = ev.now
+
+    def _check_worker_ttl(self, ev: CheckWorkerTTL) -> None:
+        ttl = self.worker_ttl
+        if not ttl:
+            return
+        for ws in list(self.workers.values()):
+            if ws.last_seen is None:  # registered since the last check: its clock starts now
+                ws.last_seen = ev.now
+                continue
+            silent = ev.now - ws.last_seen
+            if silent > ttl:
+                why = f"no heartbeat for {silent:.1f}s (scheduler.worker-ttl is {ttl:g}s)"
+                self._remove_worker(RemoveWorker(ws.address, reason=why))
+                # If it comes back, it learns it was removed and restarts (through its nanny).
+                self._out.append(CloseWorker(ws.address, restart=True, reason=why))
+
+    def _worker_status_changed(self, ev: WorkerStatusChanged) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is None or ws.status not in ("running", "paused") or ev.status == ws.status:
+            return
+        if ev.status not in ("running", "paused"):
+            raise ValueError(f"unknown worker status {ev.status!r} from {ev.worker}")
+        ws.status = "paused" if ev.status == "paused" else "running"
+        self._update_idle(ws)
+        if ws.status == "running":  # what waited for a worker may go there now
+            for ts in sorted(self.unrunnable, key=lambda t: t.priority):
+                if placement.satisfies(ts, ws) or ts.loose_restrictions:
+                    self._transition(ts, "processing")
+            self._fill(ws)
+
+    def _worker_death_reason(self, ev: WorkerDeathReason) -> None:
+        if ev.worker in self.workers:
+            self.death_reasons[ev.worker] = ev.reason
 
     def _task_finished(self, ev: TaskFinished) -> None:
         ts = self.tasks.get(ev.key)

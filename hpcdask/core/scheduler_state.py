@@ -28,6 +28,7 @@ from .scheduler_events import (
     AddClient,
     AddWorker,
     CancelKeys,
+    CheckWorkerTTL,
     Compute,
     DataAdded,
     DropReplicas,
@@ -45,7 +46,10 @@ from .scheduler_events import (
     TaskFinished,
     UpdateGraph,
     WantKeys,
+    WorkerDeathReason,
+    WorkerHeartbeat,
     WorkerReleasedKey,
+    WorkerStatusChanged,
 )
 from .scheduler_handlers import EventHandlers
 from .task_state import (  # noqa: F401 - re-exported: the records belong to this machine
@@ -68,6 +72,7 @@ class SchedulerState(EventHandlers):
         self,
         *,
         killed_worker_limit: int = 3,
+        worker_ttl: float = 0.0,
         buffer_seconds: float = 0.01,
         default_duration: float = 0.0005,
         log_length: int = 20_000,
@@ -88,6 +93,8 @@ class SchedulerState(EventHandlers):
         self.default_duration = default_duration
         self.buffer_seconds = buffer_seconds
         self.killed_worker_limit = killed_worker_limit
+        self.worker_ttl = worker_ttl  # seconds; 0: silent workers are never removed
+        self.death_reasons: dict[str, str] = {}  # address -> why it is dying (its nanny said)
         self.log: deque = deque(maxlen=log_length)
         self.seq = 0
         # Recommendations: (task, the state it was in when recommended, finish).
@@ -113,6 +120,10 @@ class SchedulerState(EventHandlers):
             DropReplicas: self._drop_replicas,
             RetireWorkers: self._retire_workers,
             Restart: self._restart,
+            WorkerHeartbeat: self._worker_heartbeat,
+            CheckWorkerTTL: self._check_worker_ttl,
+            WorkerStatusChanged: self._worker_status_changed,
+            WorkerDeathReason: self._worker_death_reason,
         }
         # Every change of a task's state is one of these; nothing else assigns `ts.state`
         # except the methods listed here.

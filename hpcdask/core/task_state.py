@@ -14,7 +14,7 @@ TaskStateName = Literal[
     "released", "waiting", "queued", "no-worker", "processing", "memory", "erred", "forgotten"
 ]
 STATES: frozenset[str] = frozenset(get_args(TaskStateName))
-WorkerStatus = Literal["running", "closing_gracefully", "closed"]
+WorkerStatus = Literal["running", "paused", "closing_gracefully", "closed"]
 
 
 class _Rare:
@@ -92,7 +92,7 @@ class TaskState:
 class WorkerState:
     __slots__ = (
         "address", "name", "host", "nthreads", "memory_limit", "resources", "processing",
-        "occupancy", "has_what", "nbytes", "status", "long_running",
+        "occupancy", "has_what", "nbytes", "status", "last_seen", "long_running",
     )  # fmt: skip
 
     def __init__(self, address: str, nthreads: int, name: str | None = None, memory_limit: int = 0,
@@ -109,6 +109,7 @@ class WorkerState:
         self.nbytes = 0
         self.status: WorkerStatus = "running"
         self.long_running: set[TaskState] = set()  # seceded: processing without a thread
+        self.last_seen: float | None = None  # monotonic time of the last heartbeat
 
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} processing={len(self.processing)}>"

@@ -14,8 +14,11 @@ Task states on a worker (`WorkerTaskState`):
                             executing -> cancelled (the scheduler no longer wants the result)
 
 Every change goes through `_transition` and the table `TRANSITIONS` below: a pair it lacks
-raises `InvalidTransition` with the key's story. Changes are logged with the stimulus that
-caused them; `story(key_or_stimulus)` and `validate()` serve debugging and the tests.
+raises `InvalidTransition` with the key's story. The worker itself is "running" or "paused"
+(`STATUS_TRANSITIONS`): `MemorySample` events decide spilling and pausing against the memory
+limit; a paused worker starts no task and fetches nothing, and still serves its data.
+Changes are logged with the stimulus that caused them; `story(key_or_stimulus)` and
+`validate()` serve debugging and the tests.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("cancelled", "executing"), ("cancelled", "released"), ("cancelled", "memory"),
     ("error", "released"),
     ("memory", "released"),
+})  # fmt: skip
+
+WorkerStatus = Literal["running", "paused"]
+STATUS_TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
+    ("running", "paused"), ("paused", "running"),
 })  # fmt: skip
 
 MAX_FLIGHTS = 8  # concurrent fetches from peers
@@ -112,6 +120,14 @@ class AddData:
 
 
 @dataclass(slots=True)
+class MemorySample:
+    """The worker's process memory (RSS) and the managed bytes it holds in memory."""
+
+    process: int
+    managed: int
+
+
+@dataclass(slots=True)
 class AcquireReplicas:
     """The scheduler wants copies of these keys here (another worker is retiring)."""
 
@@ -151,6 +167,13 @@ class DropData:
     keys: list
 
 
+@dataclass(slots=True)
+class SpillData:
+    """Move at least `nbytes` of the least recently used data out of memory."""
+
+    nbytes: int
+
+
 class WTask:
     __slots__ = (
         "key", "state", "func", "args", "priority", "dependencies", "dependents",
@@ -180,8 +203,13 @@ class WTask:
 
 class WorkerState:
     def __init__(self, address: str, nthreads: int = 1, resources: dict | None = None,
-                 prefetch: int = 0, log_length: int = 10_000) -> None:  # fmt: skip
+                 prefetch: int = 0, log_length: int = 10_000, memory_limit: int = 0,
+                 memory_fractions: tuple[float, float, float] = (0.6, 0.7, 0.8)) -> None:  # fmt: skip
         self.address = address
+        self.status: WorkerStatus = "running"
+        # (target, spill, pause) fractions of memory_limit; 0 turns a step off.
+        self.memory_limit = memory_limit
+        self.target_fraction, self.spill_fraction, self.pause_fraction = memory_fractions
         self.nthreads = nthreads
         # Tasks handed to the executor beyond nthreads, so that threads never wait for the
         # event loop between short tasks; the executor still runs only nthreads at a time.
@@ -210,6 +238,7 @@ class WorkerState:
             AddData: self._add_data,
             AcquireReplicas: self._acquire_replicas,
             Secede: self._secede,
+            MemorySample: self._memory_sample,
         }
 
     def handle(self, *events: Any, stimulus_id: str | None = None) -> list:
@@ -475,6 +504,28 @@ class WorkerState:
         if have:
             self._out.append(SendToScheduler({"op": "add-keys", "nbytes": have}))
 
+    def _memory_sample(self, ev: MemorySample) -> None:
+        limit = self.memory_limit
+        if not limit:
+            return
+        if self.spill_fraction and ev.process > self.spill_fraction * limit and ev.managed > 0:
+            goal = (self.target_fraction or self.spill_fraction) * limit
+            self._out.append(SpillData(int(min(ev.managed, ev.process - goal))))
+        if self.pause_fraction:
+            over = ev.process > self.pause_fraction * limit
+            if over and self.status == "running":
+                self._set_status("paused")
+            elif not over and self.status == "paused":
+                self._set_status("running")
+
+    def _set_status(self, finish: WorkerStatus) -> None:
+        start = self.status
+        if (start, finish) not in STATUS_TRANSITIONS:
+            raise InvalidTransition("<worker>", start, finish, self.story("<worker>"))
+        self.status = finish
+        self.log.append(("<worker>", start, finish, self._stim, time.time()))
+        self._out.append(SendToScheduler({"op": "worker-status", "status": finish}))
+
     # ------------------------------------------------------------ helpers
 
     def _refetch(self, ts: WTask, errant: str) -> None:
@@ -562,6 +613,8 @@ class WorkerState:
                 self.available_resources[name] = self.available_resources.get(name, 0) + amount
 
     def _ensure_computing(self) -> None:
+        if self.status == "paused":
+            return
         while len(self.executing) - len(self.seceded) < self.nthreads + self.prefetch:
             ts = self._next_runnable()
             if ts is None:
@@ -591,7 +644,7 @@ class WorkerState:
         return True
 
     def _ensure_fetching(self) -> None:
-        if len(self.in_flight_workers) >= MAX_FLIGHTS:
+        if len(self.in_flight_workers) >= MAX_FLIGHTS or self.status == "paused":
             return
         to_fetch: dict[str, list[WTask]] = {}
         for ts in list(self.to_fetch):

@@ -52,6 +52,7 @@ class Scheduler(Server):
         security: Security | None = None,
         scheduler_file: str | None = None,
         killed_worker_limit: int | None = None,
+        worker_ttl: float | str | None = None,
         inproc: bool = False,
         dashboard_address: Any = ":8787",
         **kwargs: Any,
@@ -70,7 +71,9 @@ class Scheduler(Server):
         self.scheduler_file = scheduler_file
         self.id = f"Scheduler-{uuid.uuid4().hex[:12]}"
         limit = killed_worker_limit or int(config.get("scheduler.killed-worker-limit", 3))
-        self.state = SchedulerState(killed_worker_limit=limit)
+        ttl = config.get("scheduler.worker-ttl") if worker_ttl is None else worker_ttl
+        self.worker_ttl = _seconds(ttl, "scheduler.worker-ttl")
+        self.state = SchedulerState(killed_worker_limit=limit, worker_ttl=self.worker_ttl)
         self.address = ""
         self.inproc_address: str | None = None
         self._want_inproc = inproc and not self.listen_address.startswith("inproc")
@@ -142,6 +145,8 @@ class Scheduler(Server):
             }))  # fmt: skip
         await start_dashboard(self, self.dashboard_address)
         self.status = "running"
+        if self.worker_ttl:
+            self.spawn(self._watch_worker_ttl())
         logger.info("Scheduler at %s", self.address)
         if self.dashboard is not None:  # without the token: logs may be readable by others
             logger.info("Dashboard at %s (the link with its token: client.dashboard_link)",
@@ -246,6 +251,10 @@ class Scheduler(Server):
             bs = self.worker_streams.get(ins.worker)
             if bs is not None and not bs.closed():
                 bs.send({"op": "close", "restart": True} if ins.restart else {"op": "close"})
+                if ins.reason:  # removed already (worker-ttl): it learns why if it comes back
+                    logger.warning("Removed worker %s: %s", ins.worker, ins.reason)
+                    self.events.append((time.time(), ins.worker, f"removed: {ins.reason}"))
+                    self.spawn(_close_soon(bs))
 
     # ------------------------------------------------------------ worker streams
 
@@ -333,6 +342,9 @@ class Scheduler(Server):
                 if info is not None:
                     info["metrics"] = msg.get("metrics", {})
                     info["last_seen"] = time.time()
+                    events.append(ev.WorkerHeartbeat(addr, time.monotonic()))
+            elif op == "worker-status":  # paused past worker.memory.pause, or running again
+                events.append(ev.WorkerStatusChanged(addr, msg["status"]))
             elif op == "closing":
                 self.closing_workers.add(addr)
             elif op == "retire-me":  # a worker at its lifetime (walltime): wait for heirs
@@ -592,8 +604,19 @@ class Scheduler(Server):
         return [list(e) for e in self.state.story(*msg["keys"])]
 
     async def _log_event(self, comm: Comm, msg: dict) -> None:
+        if msg.get("worker"):  # a nanny says why it kills its worker: for KilledWorker
+            self.apply(ev.WorkerDeathReason(msg["worker"], msg.get("text", "")),
+                       stimulus_id=self._stimulus("log-event", msg["worker"]))  # fmt: skip
         self.events.append((time.time(), msg.get("topic", ""), msg.get("text", "")))
         logger.warning("%s: %s", msg.get("topic", "event"), msg.get("text", ""))
+
+    async def _watch_worker_ttl(self) -> None:
+        """The timer of scheduler.worker-ttl: the state machine decides who is gone."""
+        interval = max(0.05, min(1.0, self.worker_ttl / 4))
+        while self.status == "running":
+            await asyncio.sleep(interval)
+            if self.state.workers:
+                self.apply(ev.CheckWorkerTTL(time.monotonic()), stimulus_id="worker-ttl timer")
 
     async def _terminate(self, comm: Comm, msg: dict) -> None:
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
@@ -601,6 +624,29 @@ class Scheduler(Server):
     async def _shutdown(self, comm: Comm, msg: dict) -> None:
         await self._close_workers()
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close()))
+
+
+async def _close_soon(bs: BatchedSend, timeout: float = 5.0) -> None:
+    """Write what is queued (a frozen peer's socket buffer takes it), then close."""
+    try:
+        await asyncio.wait_for(bs.close(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        bs.abort()
+
+
+def _seconds(value: Any, key: str) -> float:
+    """A duration in seconds from a number or dask's text ("300s", "5 minutes")."""
+    if value is None or value is False:
+        return 0.0
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            seconds = None
+        if seconds is not None and seconds >= 0:
+            return seconds
+    raise ValueError(f"{key}: expected seconds (a number >= 0, or e.g. '30s', '5 minutes'), "
+                     f"got {value!r}")  # fmt: skip
 
 
 def _parameters(func: Any) -> set:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from .. import config
 from ..comm.core import refused
 from ..rpc import AsyncLifecycle, ConnectionPool
 from ..security import Security
@@ -25,7 +26,6 @@ from .worker import EXIT_RESTART, EXIT_SCHEDULER_GONE, parse_memory_limit
 
 logger = logging.getLogger("hpcdask.nanny")
 
-MEMORY_TERMINATE_FRACTION = 0.95
 MAX_FAST_FAILURES = 3  # deaths before registering, in a row, before the nanny gives up
 
 
@@ -150,9 +150,10 @@ class Nanny(AsyncLifecycle):
                 logger.info("worker %s exited (code %s); nanny stops", self.worker_address, code)
                 break
             if code != EXIT_RESTART:
+                reported = reason is not None  # (a memory kill was reported before the kill)
                 reason = reason or f"worker process {proc.pid} died with exit code {code}"
                 logger.warning("%s; restarting", reason)
-                if not await self._report(reason):
+                if not reported and not await self._report(reason):
                     logger.info("scheduler %s is gone; nanny stops", self.scheduler_address)
                     break
             self.restarts += 1
@@ -173,42 +174,61 @@ class Nanny(AsyncLifecycle):
             self._finished.set()
 
     async def _wait_or_outgrow(self, proc: asyncio.subprocess.Process) -> str | None:
-        """Wait for the process to end; kill it first if it exceeds its memory limit."""
-        if not self.memory_limit:
+        """Wait for the process to end; kill it first if it exceeds `worker.memory.terminate`
+        of its memory limit. Checked every `worker.memory.nanny-interval` (one /proc read, a
+        few microseconds), so that a fast-growing worker does not overshoot by much; the
+        worker is stopped (SIGSTOP) the moment it crosses, the scheduler told why (for
+        KilledWorker), then it is killed."""
+        fraction = float(config.get("worker.memory.terminate") or 0)
+        if not self.memory_limit or not fraction:
             await proc.wait()
             return None
-        limit = self.memory_limit * MEMORY_TERMINATE_FRACTION
+        limit = self.memory_limit * fraction
+        interval = float(config.get("worker.memory.nanny-interval"))
         try:
             ps = psutil.Process(proc.pid)
         except psutil.Error:
             await proc.wait()
             return None
-        while proc.returncode is None:
-            try:
-                await asyncio.wait_for(proc.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-            else:
-                break
-            try:
-                rss = ps.memory_info().rss
-            except psutil.Error:
-                continue
-            if rss > limit:
-                from ..utils.sizes import format_bytes
+        waiter = asyncio.ensure_future(proc.wait())
+        try:
+            while not waiter.done():
+                await asyncio.wait((waiter,), timeout=interval)
+                if waiter.done():
+                    break
+                try:
+                    rss = ps.memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > limit:
+                    from ..utils.sizes import format_bytes
 
-                reason = (f"worker {self.worker_address} exceeded {MEMORY_TERMINATE_FRACTION:.0%} "
-                          f"of its memory limit ({format_bytes(rss)} > {format_bytes(limit)})")  # fmt: skip
-                proc.kill()
-                await proc.wait()
-                return reason
+                    try:
+                        proc.send_signal(signal.SIGSTOP)  # grows no further while we report
+                    except ProcessLookupError:
+                        pass
+                    reason = (f"worker {self.worker_address} exceeded {fraction:.0%} of its "
+                              f"memory limit ({format_bytes(rss)} > {format_bytes(limit)}); "
+                              "the nanny restarted it")  # fmt: skip
+                    await self._report(reason, worker=self.worker_address, timeout=1.0)
+                    try:
+                        proc.kill()
+                    except ProcessLookupError:
+                        pass
+                    await waiter
+                    return reason
+        finally:
+            if not waiter.done():
+                waiter.cancel()
         return None
 
-    async def _report(self, text: str) -> bool:
-        """Tell the scheduler why the worker restarts; False if the scheduler is gone."""
+    async def _report(self, text: str, worker: str = "", timeout: float = 10) -> bool:
+        """Tell the scheduler why the worker restarts (`worker`: about to die, the reason is
+        kept for KilledWorker); False if the scheduler is gone."""
         try:
             await asyncio.wait_for(self._pool.call(
-                self.scheduler_address, "log-event", topic="worker-restart", text=text), 10)  # fmt: skip
+                self.scheduler_address, "log-event", topic="worker-restart", text=text,
+                worker=worker), timeout)  # fmt: skip
         except Exception as e:
             return not refused(e)
         return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -190,7 +191,7 @@ class FileSpillStore:
 
     def get(self, key: str) -> Pickled:
         path, layout, _ = self._files[key]
-        buffers = [bytearray(stored) for stored, _, _ in layout]
+        buffers = [_empty(stored) for stored, _, _ in layout]
         fd = os.open(path, os.O_RDONLY)
         try:
             _readv_all(fd, buffers)
@@ -200,7 +201,7 @@ class FileSpillStore:
         decompress = self._codec[1] if self._codec else None
         for buf, (_, raw, packed) in zip(buffers, layout):
             if packed:
-                buf = bytearray(decompress(buf, uncompressed_size=raw))
+                buf = decompress(buf, uncompressed_size=raw, return_bytearray=True)
             frames.append(buf)
         return Pickled(bytes(frames[0]), frames[1:])
 
@@ -212,6 +213,15 @@ class FileSpillStore:
     def close(self) -> None:
         self._files.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _empty(nbytes: int) -> Any:
+    """A writable buffer that is not zeroed first: numpy's when loaded (a bytearray is
+    zero-filled, which costs more than reading the file into it)."""
+    np = sys.modules.get("numpy")
+    if np is not None and nbytes >= COMPRESS_SAMPLE_BYTES:
+        return np.empty(nbytes, dtype=np.uint8)
+    return bytearray(nbytes)
 
 
 def _writev_all(fd: int, frames: list) -> None:
@@ -277,9 +287,10 @@ class MemorySpillStore:
         frames, _ = self._data[key]
         out = []
         for stored, raw, packed in frames:  # fresh buffers: arrays come back writable
-            out.append(
-                bytearray(self._codec[1](stored, uncompressed_size=raw) if packed else stored)
-            )
+            if packed:
+                out.append(self._codec[1](stored, uncompressed_size=raw, return_bytearray=True))
+            else:
+                out.append(bytearray(stored))
         return Pickled(bytes(out[0]), out[1:])
 
     def delete(self, key: str) -> None:

@@ -34,6 +34,7 @@ from ..security import Security
 from ..utils.logs import LogBuffer
 from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
+from . import memory
 from .introspection import install as install_introspection
 from .secede import _HANDOVER, _hand_over, close_task_client
 
@@ -109,7 +110,12 @@ class Worker(Server):
             self.lifetime = lifetime + random.uniform(-lifetime_stagger, lifetime_stagger)
         self.nanny = nanny
         self.address = ""
-        self.data: dict[str, Any] = {}
+        self.data: Any = {}  # a memory.ManagedData (spilling) once started with a memory limit
+        self.memory_fractions = memory.memory_fractions()  # target, spill, pause, terminate
+        self._memory: memory.ProcessMemory | None = None
+        # Results larger than this make the worker sample its memory at once (~10 us).
+        self._sample_bytes = self.memory_limit // 64 if self.memory_limit else 1 << 62
+        self._sample_due = False
         self.funcs: dict[str, Any] = {}
         self.plugins: dict[str, Any] = {}
         self._initial_plugins = list(plugins or [])
@@ -156,9 +162,15 @@ class Worker(Server):
         self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
         os.makedirs(self.local_directory, exist_ok=True)
+        target, spill, pause, _ = self.memory_fractions
+        if not self.data:  # (a mapping given before start is kept as it is)
+            self.data = memory.make_data(self.memory_limit, self.local_directory, target, spill)
+        self._memory = memory.ProcessMemory(self.data, self.memory_limit)
         listener = await self.listen(self.listen_address)
         self.address = listener.contact_address
-        self.state = ws.WorkerState(self.address, self.nthreads, self.resources)
+        self.state = ws.WorkerState(self.address, self.nthreads, self.resources,
+                                    memory_limit=self.memory_limit,
+                                    memory_fractions=(target, spill, pause))  # fmt: skip
         for _ in range(self.nthreads):
             self._start_task_thread()
         timeout = self.death_timeout or float(config.get("comm.timeouts.connect", 30))
@@ -171,7 +183,7 @@ class Worker(Server):
                 "name": self.name if self.name is not None else self.address,
                 "memory_limit": self.memory_limit, "resources": self.resources,
                 "pid": os.getpid(), "nanny": self.nanny, "local_directory": self.local_directory,
-                "keys": {k: sizeof(v) for k, v in self.data.items()},
+                "keys": memory.data_sizes(self.data),
             })  # fmt: skip
             response = await comm.recv()
         except BaseException:
@@ -191,6 +203,8 @@ class Worker(Server):
             await self._setup_plugin(getattr(plugin, "name", None) or repr(plugin), plugin)
         self.spawn(self._read_scheduler(comm))
         self.spawn(self._heartbeat())
+        if self.memory_limit or str(self.nanny or "").isdigit():
+            self.spawn(self._watch_memory())
         if self.lifetime:
             self.spawn(self._retire_after(self.lifetime))
         logger.info("Worker %s registered with %s", self.address, self.scheduler_address)
@@ -225,6 +239,8 @@ class Worker(Server):
         self._stop_threads()
         if self in _process_workers:
             _process_workers.remove(self)
+        if isinstance(self.data, memory.ManagedData):
+            self.data.close()  # its spill files go with it
         self.status = "closed"
         logger.info("Worker %s closed (%s)", self.address, reason)
         if self._finished is not None:
@@ -295,6 +311,8 @@ class Worker(Server):
                 for key in ins.keys:
                     self.data.pop(key, None)
                     self._inline.pop(key, None)
+            elif kind is ws.SpillData:
+                self._memory.spill(ins.nbytes)
 
     def _send(self, msg: Any) -> None:
         if self.stream is not None and not self.stream.closed():
@@ -361,6 +379,9 @@ class Worker(Server):
         events = []
         while results:
             events.append(self._result_event(*results.popleft()))
+        if self._sample_due:  # a large result: look at memory now, not at the next tick
+            self._sample_due = False
+            events.append(self._memory_sample())
         if events and self.status == "running":
             self._handle(*events, cause="task-results")
 
@@ -389,11 +410,13 @@ class Worker(Server):
 
     def _result_event(self, key: str, ok: bool, value: Any, tb: Any, duration: float) -> Any:
         if ok:
-            self.data[key] = value
+            nbytes = sizeof(value)
+            memory.store_value(self.data, key, value, nbytes)
+            if nbytes > self._sample_bytes:
+                self._sample_due = True
             self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration
             if self.plugins:
                 self._notify_plugins(key, "memory")
-            nbytes = sizeof(value)
             if nbytes <= INLINE_RESULT_BYTES and type(value) in _INLINE_TYPES:
                 # Small results ride along with the report, saving the client a round trip.
                 self._inline[key] = Pickled.dumps(value)
@@ -437,8 +460,8 @@ class Worker(Server):
         nbytes = {}
         for key, value in data.items():
             value = value.loads() if type(value) is Pickled else value
-            self.data[key] = value
             nbytes[key] = sizeof(value)
+            memory.store_value(self.data, key, value, nbytes[key])
         self.recorder.transfer(worker, len(nbytes), sum(nbytes.values()), start,
                                time.perf_counter())  # fmt: skip
         if self.status == "running":
@@ -446,15 +469,15 @@ class Worker(Server):
             self._handle(ws.GatherDone(worker, nbytes, missing), cause=f"get-data from {worker}")
 
     async def _get_data(self, comm: Comm, msg: dict) -> dict:
-        data = self.data
-        return {k: Pickled.dumps(data[k]) for k in msg["keys"] if k in data}
+        data = self.data  # spilled values go out as stored, not read back into memory
+        return {k: memory.serialized(data, k) for k in msg["keys"] if k in data}
 
     async def _update_data(self, comm: Comm, msg: dict) -> dict:
         nbytes = {}
         for key, value in msg["data"].items():
             value = value.loads() if type(value) is Pickled else value
-            self.data[key] = value
             nbytes[key] = sizeof(value)
+            memory.store_value(self.data, key, value, nbytes[key])
         self._handle(ws.AddData(nbytes), cause="update-data")
         return nbytes
 
@@ -509,9 +532,30 @@ class Worker(Server):
                 mem, cpu = 0, 0.0
             self._send({"op": "heartbeat", "metrics": {
                 "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
-                "in_memory": len(self.data), "time": time.time(),
+                "in_memory": len(self.data), "time": time.time(), "status": self.state.status,
+                **memory.metrics(self.data, self.state.nbytes_in_memory),
             }})  # fmt: skip
             await asyncio.sleep(interval)
+
+    async def _watch_memory(self) -> None:
+        """Samples process memory for the state machine (spill, pause) every
+        `worker.memory.monitor-interval`; exits when the nanny that started this process is
+        gone (nobody would enforce the memory limit or restart it)."""
+        interval = float(config.get("worker.memory.monitor-interval"))
+        nanny_pid = int(self.nanny) if str(self.nanny or "").isdigit() else 0  # (the CLI's)
+        while self.status == "running":
+            if nanny_pid and os.getppid() != nanny_pid:
+                logger.error("the nanny (pid %d) of worker %s is gone; closing", nanny_pid,
+                             self.address)  # fmt: skip
+                await self.close("nanny gone", exit_code=EXIT_SCHEDULER_GONE)
+                return
+            if self.memory_limit:
+                self._handle(self._memory_sample(), cause="memory-monitor")
+            await asyncio.sleep(interval)
+
+    def _memory_sample(self) -> ws.MemorySample:
+        mon = self._memory
+        return ws.MemorySample(mon.rss(), mon.managed_in_memory() or self.state.nbytes_in_memory)
 
     async def _retire_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
