@@ -35,6 +35,7 @@ from .collections import (
 from .data import DataMovement
 from .datasets import Datasets
 from .environment import WorkerEnvironment
+from .executor import ExecutorMixin
 from .future import Future, FutureState
 from .introspection import Introspection
 from .operations import ClusterOperations
@@ -66,7 +67,7 @@ def _func_name(func: Any) -> str:
 
 
 class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, WorkerEnvironment,
-             EventLog, Introspection, SyncAsync):  # fmt: skip
+             EventLog, Introspection, ExecutorMixin, SyncAsync):  # fmt: skip
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -336,6 +337,13 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
                 f"the first argument of submit must be a callable, not {type(func).__name__}"
             )
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        if opts.pop("actor", False) or opts.pop("actors", False):  # client/actors.py
+            from ..worker.actors import construct
+            from .actors import Actor
+
+            if key is None:
+                key = f"{_func_name(func)}-{uuid.uuid4().hex}"
+            func, args, kwargs, pure = construct, (func, args, kwargs, Actor), {}, False
         if key is not None and key in self._states:
             return Future(key, self)
         if has_collection(args, kwargs):  # dask collections: computed first, passed as Futures
@@ -358,6 +366,9 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        if opts.get("actor") or opts.get("actors"):
+            raise NotImplementedError("map(..., actor=True): hpcdask makes actors one at a time, "
+                                      "with submit(Cls, *args, actor=True)")  # fmt: skip
         items = list(zip(*iterables))
         _held = []
         for i, args in enumerate(items):
@@ -452,6 +463,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
             self._reader.cancel()
         if self.pool is not None:
             await self.pool.close()
+        if (actor_pool := self.__dict__.get("_actor_pool")) is not None:  # client/actors.py
+            await actor_pool.close()
         self.status = "closed"
         if (
             self._own_cluster if close_cluster is None else close_cluster

@@ -174,8 +174,10 @@ class Future:
     async def _result(self, timeout: float | None = None) -> Any:
         if timeout is not None:
             await asyncio.wait_for(self._state.wait(), timeout)
-        result = await self.client._gather([self], errors="raise")
-        return result[0]
+        result = (await self.client._gather([self], errors="raise"))[0]
+        if getattr(type(result), "_hpcdask_actor", False):  # it keeps its task (client/actors.py)
+            result._future, result._client = self, self.client
+        return result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         return self.client._sync(self._exception, timeout)

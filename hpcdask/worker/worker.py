@@ -35,6 +35,7 @@ from ..utils.logs import LogBuffer
 from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
 from . import memory
+from .actors import install as install_actors
 from .introspection import install as install_introspection
 from .secede import _HANDOVER, _hand_over, close_task_client
 
@@ -148,6 +149,7 @@ class Worker(Server):
             "close": self._close_request,
         })  # fmt: skip
         install_introspection(self)  # call stacks, state dump (worker/introspection.py)
+        install_actors(self)  # submit(Cls, actor=True) (worker/actors.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -311,6 +313,7 @@ class Worker(Server):
                 for key in ins.keys:
                     self.data.pop(key, None)
                     self._inline.pop(key, None)
+                    self.actors.pop(key, None)
             elif kind is ws.SpillData:
                 self._memory.spill(ins.nbytes)
 
