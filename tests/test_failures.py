@@ -78,11 +78,44 @@ def test_nanny_restarts_worker_over_memory_limit():
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="300MB") as cluster, \
             Client(cluster) as client:  # fmt: skip
         f = client.submit(hog, 40, pure=False)
-        with pytest.raises(KilledWorker):
+        # The nanny's reason reaches the user, not only the logs.
+        with pytest.raises(KilledWorker, match="exceeded 95% of its memory limit"):
             f.result(timeout=90)
         events = [text for _, topic, text in cluster.scheduler.events if "memory limit" in text]
         assert events and "exceeded 95% of its memory limit" in events[0]
         assert client.submit(slow_square, 3).result() == 9
+
+
+def _raise(kind):
+    import sys
+
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt("from a task")
+
+    class Odd(BaseException):
+        pass
+
+    raise Odd("odd")
+
+
+@pytest.mark.timeout(60)
+def test_system_exit_and_keyboard_interrupt_in_a_task_are_its_error():
+    """In a LocalCluster of threads the client's loop thread also runs the scheduler and the
+    worker: a task's SystemExit must come back as that task's error, nothing else stops."""
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            client.submit(_raise, "exit").result(timeout=10)
+        assert info.value.args == (3,)
+        with pytest.raises(KeyboardInterrupt, match="from a task"):
+            client.submit(_raise, "interrupt").result(timeout=10)
+        with pytest.raises(BaseException, match="odd"):
+            client.submit(_raise, "odd").result(timeout=10)
+        assert client.submit(slow_square, 4).result(timeout=10) == 16
+        with Client(cluster.scheduler_address) as other:  # the scheduler still answers
+            assert other.submit(slow_square, 5).result(timeout=10) == 25
 
 
 async def test_nanny_stops_when_the_scheduler_is_gone_while_it_restarts():

@@ -51,6 +51,8 @@ class LoopThread:
         except TimeoutError:
             fut.cancel()
             raise
+        except _Carried as carried:  # e.g. a task's SystemExit: raised here, in the caller
+            raise carried.exc.with_traceback(carried.exc.__traceback__) from None
 
     def stop(self) -> None:
         if self.loop.is_running():
@@ -59,7 +61,26 @@ class LoopThread:
 
 
 async def _ensure_coro(aw: Awaitable[Any]) -> Any:
-    return await aw
+    try:
+        return await aw
+    except (KeyboardInterrupt, SystemExit, GeneratorExit) as e:
+        raise _Carried(e) from None
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as e:  # noqa: BLE001 - another BaseException a task raised
+        raise _Carried(e) from None
+
+
+class _Carried(Exception):
+    """A BaseException (a task's SystemExit, KeyboardInterrupt...) on its way through the
+    loop thread: asyncio would let it stop the loop, which in a LocalCluster also runs the
+    scheduler and the nannies. `run_sync` raises the original in the calling thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
 
 
 _lock = threading.Lock()
