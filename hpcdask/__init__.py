@@ -21,6 +21,7 @@ from .client import (
 )
 from .client.client import default_client
 from .client.worker_client import get_client, worker_client
+from .client.worker_client import worker_client as local_client  # dask's older name
 from .core.exceptions import FutureCancelledError, KilledWorker
 from .deploy import Cluster, LocalCluster, SpecCluster
 from .plugins import PipInstall, SchedulerPlugin, UploadDirectory, WorkerPlugin
@@ -30,6 +31,7 @@ from .worker import Nanny, Worker, get_worker
 from .worker.secede import rejoin, secede
 
 __version__ = "0.1.0"
+TimeoutError = TimeoutError  # what timeouts raise (dask.distributed exports the same name)
 
 _LAZY = {
     "JobQueueCluster": "hpcdask.jobqueue",
@@ -50,6 +52,9 @@ _LAZY = {
     "Variable": "hpcdask.client.primitives",
     "Pub": "hpcdask.client.primitives",
     "Sub": "hpcdask.client.primitives",
+    "Actor": "hpcdask.client.actors",
+    "ActorFuture": "hpcdask.client.actors",
+    "BaseActorFuture": "hpcdask.client.actors",
 }
 
 
@@ -69,6 +74,7 @@ __all__ = [
     "PipInstall", "SchedulerPlugin", "Security", "SpecCluster", "UploadDirectory", "Worker",
     "WorkerPlugin", "as_completed",
     "fire_and_forget", "futures_of",
-    "default_client", "get_client", "get_worker", "rejoin", "secede", "wait", "worker_client",
+    "default_client", "get_client", "get_worker", "local_client", "rejoin", "secede",
+    "TimeoutError", "wait", "worker_client",
     *_LAZY,
 ]  # fmt: skip

@@ -136,3 +136,6 @@ class ActorFuture:
 
     def __repr__(self) -> str:
         return "<ActorFuture>"
+
+
+BaseActorFuture = ActorFuture  # dask.distributed's name of the base class

@@ -39,6 +39,7 @@ from .executor import ExecutorMixin
 from .future import Future, FutureState
 from .introspection import Introspection
 from .operations import ClusterOperations
+from .options import refuse
 from .primitives import EventLog
 from .structures import (
     _collect,
@@ -51,6 +52,11 @@ GRAPH_CHUNK = 1000  # tasks per update-graph message
 
 _SUBMIT_OPTIONS = ("workers", "resources", "retries", "priority", "allow_other_workers",
                    "fifo_timeout", "actor", "actors")  # fmt: skip
+
+
+# dask.distributed's Client options that hpcdask has no use for: an error, never ignored
+_NOT_IMPLEMENTED = ("heartbeat_interval", "serializers", "deserializers", "extensions",
+                    "connection_limit")  # fmt: skip
 
 
 def default_client() -> Client:
@@ -84,6 +90,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         loop: Any = None,  # dask's: accepted; hpcdask runs its own loop (see utils/loop.py)
         **cluster_kwargs: Any,
     ) -> None:
+        refuse("Client", {k: v for k, v in cluster_kwargs.items() if k in _NOT_IMPLEMENTED})
         self.id = f"Client-{name or ''}{uuid.uuid4().hex[:16]}"
         self.asynchronous = asynchronous
         self.status = "newly-created"

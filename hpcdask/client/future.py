@@ -141,13 +141,14 @@ class FutureState:
 class Future:
     """A remote result. `result()` waits for it; `await future` in async code."""
 
-    __slots__ = ("key", "client", "_state", "__weakref__")
+    __slots__ = ("key", "client", "_state", "_released", "__weakref__")
     __dask_future__ = True  # dask's graphs refer to it by key (dask._task_spec)
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
         self._state = state or client._state_for(key)
+        self._released = False
         client._incref(key)
 
     @property
@@ -203,6 +204,12 @@ class Future:
     def retry(self) -> Any:
         return self.client.retry([self])
 
+    def release(self) -> None:
+        """Drop this future's hold on its key now (as when it is garbage collected)."""
+        if not self._released:
+            self._released = True
+            self.client._decref(self.key)
+
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """`fn(future)` runs once the future is done (in the client's event loop thread)."""
         loop = self.client.loop
@@ -228,7 +235,8 @@ class Future:
 
     def __del__(self) -> None:
         try:
-            self.client._decref(self.key)
+            if not self._released:
+                self.client._decref(self.key)
         except Exception:  # interpreter shutdown
             pass
 

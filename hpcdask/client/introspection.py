@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from .future import Future
+from .options import refuse
 from .structures import _collect, _workers_list
 
 _NO_DEFAULT = object()
@@ -39,6 +40,7 @@ class Introspection:
 
     def has_what(self, workers: Any = None, **kwargs: Any) -> Any:
         """{worker: (keys held there)}."""
+        refuse("has_what", kwargs)
         return self._sync(self._tuples, "has-what", workers)
 
     def processing(self, workers: Any = None) -> Any:
@@ -51,6 +53,7 @@ class Introspection:
 
     def nthreads(self, workers: Any = None, **kwargs: Any) -> Any:
         """{worker: number of threads}."""
+        refuse("nthreads", kwargs)
         return self._ask("nthreads", workers=_workers_list(workers))
 
     ncores = nthreads
@@ -64,10 +67,12 @@ class Introspection:
                   branching_factor: int = 2, **kwargs: Any) -> Any:  # fmt: skip
         """Copy the futures' data to `n` workers (all of `workers` if None); returns once
         the copies are there."""
+        refuse("replicate", kwargs)
         return self._ask("replicate", keys=_keys(futures), n=n, workers=_workers_list(workers))
 
     def rebalance(self, futures: Any = None, workers: Any = None, **kwargs: Any) -> Any:
         """Move data (of these futures, or all) from the fullest workers to the emptiest."""
+        refuse("rebalance", kwargs)
         return self._ask("rebalance", keys=_keys(futures), workers=_workers_list(workers))
 
     def set_metadata(self, key: Any, value: Any) -> Any:
@@ -92,6 +97,7 @@ class Introspection:
                            format: str = "msgpack", **kwargs: Any) -> Any:  # fmt: skip
         """Write the scheduler's and every worker's state to `filename` + .msgpack.gz (or
         .yaml), for debugging a stuck cluster offline."""
+        refuse("dump_cluster_state", kwargs)
         if format not in ("msgpack", "yaml"):
             raise ValueError(f"format must be 'msgpack' or 'yaml', not {format!r}")
         if write_from_scheduler:
@@ -129,6 +135,7 @@ class Introspection:
                 filename: str | None = None, **kwargs: Any) -> Any:  # fmt: skip
         """A sampled profile of the task threads (or of one task prefix, `key`): a tree of
         {"description", "count", "children"} as dask's, merged over workers."""
+        refuse("profile", kwargs, "a profile of the scheduler itself is not sampled")
         if plot or filename:
             raise NotImplementedError(
                 "profile(plot=..., filename=...): hpcdask returns the profile data only"

@@ -501,8 +501,8 @@ class Coordination:
             q = self.queue_getters[name]
             self.queue_getters[name] = deque(g for g in q if g.req != ev.req)
         elif kind == "queue-put":
-            q = self.queue_putters[name]
-            self.queue_putters[name] = deque(p for p in q if p.req != ev.req)
+            putters = self.queue_putters[name]
+            self.queue_putters[name] = deque(p for p in putters if p.req != ev.req)
         elif kind == "variable":
             ws = self.variable_waiters.get(name, [])
             self.variable_waiters[name] = [w for w in ws if w.req != ev.req]
@@ -524,10 +524,10 @@ class Coordination:
         for lease in gone:
             for n in self.multi_leases.pop(lease)[0]:
                 self.multi_held.pop(n, None)
-        for w in self.multi_waiters:
-            if w.client == ev.client:
-                self._reply(w.req, False)
-        self.multi_waiters = [w for w in self.multi_waiters if w.client != ev.client]
+        for mw in self.multi_waiters:
+            if mw.client == ev.client:
+                self._reply(mw.req, False)
+        self.multi_waiters = [mw for mw in self.multi_waiters if mw.client != ev.client]
         self._multi_grant()
         for subs in self.subscribers.values():
             subs.discard(ev.client)
