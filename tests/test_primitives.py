@@ -74,6 +74,9 @@ def test_a_lease_of_a_dead_worker_or_a_silent_holder_is_released(client, cluster
     assert holder.result() is True
     worker = client.who_has([holder])[holder.key][0]
     assert lock.acquire(timeout=0.1) is False
+    key = holder.key
+    del holder  # (else the task reruns elsewhere when its worker dies, and takes the lock)
+    wait_for(lambda: key not in cluster.scheduler.state.tasks, what="the task is forgotten")
     try:
         client.run(os._exit, 1, workers=[worker])
     except Exception:
