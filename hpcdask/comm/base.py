@@ -47,6 +47,7 @@ class Comm(abc.ABC):
         # allocate memory. Set here, not by the handshake, because the transport may parse the
         # peer's first message before the handshake coroutine gets to run.
         self._limit_count = auth.CLIENT_MESSAGES if initiator else auth.SERVER_MESSAGES
+        self.violation = ""  # why the transport dropped the peer during the handshake, if so
         self._limit_frames = auth.MAX_FRAMES
         self._limit_bytes = auth.MAX_FRAME_BYTES
 
@@ -90,12 +91,14 @@ class Comm(abc.ABC):
         if self._limit_count <= 0:
             return None
         if nframes > self._limit_frames:
-            return f"peer sent a message of {nframes} frames before authenticating"
+            self.violation = f"peer sent a message of {nframes} frames before authenticating"
+            return self.violation
         if lengths is not None:
             self._limit_count -= 1
             for n in lengths:
                 if n > self._limit_bytes:
-                    return f"peer sent a frame of {n} bytes before authenticating"
+                    self.violation = f"peer sent a frame of {n} bytes before authenticating"
+                    return self.violation
         return None
 
     def __repr__(self) -> str:

@@ -19,12 +19,32 @@ from hpcdask.comm.base import Comm, CommClosedError, Listener
 from hpcdask.comm.registry import get_backend
 from hpcdask.protocol.auth import (
     AuthenticationError,
+    HandshakeClosed,
+    HandshakeTimeout,
     auth_timeout,
     client_handshake,
     server_handshake,
 )
 
 logger = logging.getLogger("hpcdask.comm")
+
+_LOG_EVERY = 10.0  # seconds: a flood of refused connections logs one line per kind and period
+_last_logged: dict[str, tuple[float, int]] = {}
+
+
+def _log_limited(fmt: str, *args: Any) -> None:
+    """A warning, at most one per `fmt` every _LOG_EVERY seconds (with how many were not
+    logged), so that thousands of idle or frozen peers cannot fill the log."""
+    now = asyncio.get_running_loop().time()
+    last, skipped = _last_logged.get(fmt, (-_LOG_EVERY, 0))
+    if now - last < _LOG_EVERY:
+        _last_logged[fmt] = (last, skipped + 1)
+        return
+    _last_logged[fmt] = (now, 0)
+    if skipped:
+        fmt += f" ({skipped} more like this in the last {_LOG_EVERY:g}s)"
+    logger.warning(fmt, *args)
+
 
 __all__ = ["connect", "listen"]
 
@@ -144,15 +164,37 @@ async def listen(
     secret = resolve_secret(addr, security)
     handshake_timeout = kwargs.pop("auth_timeout", None)  # default: config comm.timeouts.auth
 
+    max_pending = int(config.get("comm.pending-handshakes"))
+    pending = [0]  # connections of this listener still authenticating
+
     async def on_comm(comm: Comm) -> None:
+        if max_pending and pending[0] >= max_pending:
+            _log_limited(
+                "refused connection from %s: %d connections are already authenticating on "
+                "this listener (comm.pending-handshakes)", comm.peer_address, max_pending,
+            )  # fmt: skip
+            comm.abort()
+            return
+        pending[0] += 1
         try:
             await server_handshake(comm, secret, timeout=handshake_timeout)
-        except (AuthenticationError, CommClosedError) as e:
+        except (HandshakeClosed, CommClosedError) as e:
+            logger.info("connection from %s closed before authenticating (%s)",
+                        comm.peer_address, e)  # fmt: skip
+            comm.abort()
+            return
+        except HandshakeTimeout as e:
+            _log_limited("refused connection: %s", e)
+            comm.abort()
+            return
+        except AuthenticationError as e:
             logger.warning(
                 "refused connection from %s: failed authentication (%s)", comm.peer_address, e
             )
             comm.abort()
             return
+        finally:
+            pending[0] -= 1
         result = handler(comm)
         if asyncio.iscoroutine(result):
             await result

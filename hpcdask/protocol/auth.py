@@ -45,6 +45,16 @@ class AuthenticationError(PermissionError):
     """The peer did not prove it holds the cluster secret (or we hold none)."""
 
 
+class HandshakeTimeout(AuthenticationError):
+    """The peer said nothing (or too little) within comm.timeouts.auth: frozen, slow, or not
+    an hpcdask peer; not a wrong secret."""
+
+
+class HandshakeClosed(AuthenticationError):
+    """The connection closed before the handshake finished (a port scanner, a health check,
+    a peer that gave up): not a wrong secret."""
+
+
 def auth_timeout() -> float:
     return float(config.get("comm.timeouts.auth", 10.0) or 10.0)
 
@@ -64,11 +74,18 @@ async def _run(coro, timeout: float | None, comm: Comm):
     try:
         return await asyncio.wait_for(coro, timeout)
     except asyncio.TimeoutError:
-        raise AuthenticationError(f"no authentication from {comm.peer_address} within {timeout:g}s")
+        raise HandshakeTimeout(
+            f"{comm.peer_address} timed out during the handshake (no answer within "
+            f"{timeout:g}s, comm.timeouts.auth)"
+        ) from None
     except AuthenticationError:
         raise
     except OSError as e:  # CommClosedError (an OSError): the peer or the transport went away
-        raise AuthenticationError(f"connection closed during the handshake: {e}") from e
+        if getattr(comm, "violation", ""):  # the transport dropped it: it broke the bounds
+            raise AuthenticationError(comm.violation) from e
+        raise HandshakeClosed(
+            f"{comm.peer_address} closed the connection before authenticating ({e})"
+        ) from e
 
 
 async def server_handshake(comm: Comm, secret: bytes, timeout: float | None = None) -> None:
