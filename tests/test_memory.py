@@ -44,8 +44,12 @@ def test_spilled_value_is_read_back_transparently(data):
         data[f"x{i}"] = arr(i)
     assert set(data.slow) == {"x0", "x1"}
     np.testing.assert_array_equal(data["x0"], arr(0))
-    assert "x0" in data.fast and "x2" in data.slow  # x2 made room
-    assert data.unspill_count == 1 and data.spill_count == 3
+    # Memory is full: x0 is read, and stays spilled rather than pushing another value out.
+    assert "x0" in data.slow and set(data.fast) == {"x2", "x3", "x4"}
+    assert data.unspill_count == 1 and data.spill_count == 2
+    del data["x4"]
+    np.testing.assert_array_equal(data["x0"], arr(0))  # now it fits: back in memory
+    assert "x0" in data.fast and "x0" not in data.slow and data.slow_bytes == MB
 
 
 def test_peers_get_spilled_frames_without_loading(data):

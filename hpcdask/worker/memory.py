@@ -188,19 +188,22 @@ class ManagedData:
         return freed
 
     def _unspill(self, key: str) -> Any:
+        """Read a spilled value back. It moves back into memory only if that needs no other
+        value spilled: otherwise it stays on disk too (the reader holds it while it needs
+        it), instead of writing another value out for every one read in."""
         start = time.perf_counter()
         value = self.store.get(key).loads()  # type: ignore[union-attr]
+        size = self.sizes[key]
+        self.unspill_seconds += time.perf_counter() - start
+        self.unspill_count += 1
+        if self.target is not None and self.fast_bytes + size > self.target:
+            return value
         self.store.delete(key)  # type: ignore[union-attr]
         stored = self.slow.pop(key)
-        size = self.sizes[key]
         self.slow_bytes -= size
         self.slow_stored_bytes -= stored
         self.fast[key] = value
         self.fast_bytes += size
-        self.unspill_seconds += time.perf_counter() - start
-        self.unspill_count += 1
-        if self.target is not None and self.fast_bytes > self.target:
-            self._evict(self.fast_bytes - self.target)
         return value
 
     def _discard(self, key: str) -> None:
@@ -319,11 +322,12 @@ class ProcessMemory:
         data = self.data
         return data.fast_bytes if isinstance(data, ManagedData) else 0
 
-    def spill(self, nbytes: int) -> None:
+    def spill(self, nbytes: int) -> int:
+        """Spill `nbytes` of managed data; return the bytes freed."""
         data = self.data
         freed = data.evict(nbytes) if isinstance(data, ManagedData) else 0
         if freed >= nbytes:
-            return
+            return freed
         now = time.monotonic()
         if now - self._last_trim > 1.0:
             self._last_trim = now
@@ -340,6 +344,7 @@ class ProcessMemory:
                 format_bytes(getattr(data, "slow_bytes", 0)),
                 format_bytes(max(0, rss - self.managed_in_memory())),
             )  # fmt: skip
+        return freed
 
 
 def _trim() -> None:

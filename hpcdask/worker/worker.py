@@ -315,7 +315,15 @@ class Worker(Server):
                     self._inline.pop(key, None)
                     self.actors.pop(key, None)
             elif kind is ws.SpillData:
-                self._memory.spill(ins.nbytes)
+                if self._memory.spill(ins.nbytes):  # look again now: maybe it may run again
+                    self._loop.call_soon(self._resample)
+
+    def log_event(self, topic: str | list, msg: Any) -> None:
+        """Record `msg` (msgpack-able) in the scheduler's event log under `topic` (or several),
+        from a task or a plugin; `client.get_events(topic)` reads it."""
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        self._loop.call_soon_threadsafe(self._send, {"op": "log-event", "topics": topics,
+                                                     "msg": msg})  # fmt: skip
 
     def _send(self, msg: Any) -> None:
         if self.stream is not None and not self.stream.closed():
@@ -555,6 +563,10 @@ class Worker(Server):
             if self.memory_limit:
                 self._handle(self._memory_sample(), cause="memory-monitor")
             await asyncio.sleep(interval)
+
+    def _resample(self) -> None:
+        if self.status == "running":
+            self._handle(self._memory_sample(), cause="after spilling")
 
     def _memory_sample(self) -> ws.MemorySample:
         mon = self._memory

@@ -1,0 +1,126 @@
+"""Spilling: a dataset of 3x the worker's memory limit, hpcdask next to dask.distributed and
+next to the disk's own write bandwidth, all in one run.
+
+    .venv/bin/python -m benchmarks.bench_spill [--limit-mib 400] [--reps 3] [--dir /tmp]
+
+Workload: one worker (1 thread, memory_limit=LIMIT), CHUNKS arrays of 50 MiB (3x LIMIT in
+all) persisted and held, then one reduction per chunk; the result is checked. The arrays are
+arange-like floats: lz4 does not shrink them, so every spilled byte is written. Throughput =
+dataset bytes / wall time. Disk reference: the same bytes written by numpy (`ndarray.tofile`,
+one file per chunk, no fsync: like both spillers) into the same directory, in the same run.
+Median of REPS, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+MIB = 2**20
+CHUNK = 50 * MIB
+
+
+def make(i: int) -> np.ndarray:
+    return np.arange(CHUNK // 8, dtype="f8") * 1.000001 + i
+
+
+def total(x: np.ndarray) -> float:
+    return float(x[0] + x[-1])
+
+
+def expected(chunks: int) -> float:
+    n = CHUNK // 8
+    return float(sum(2 * i + (n - 1) * 1.000001 for i in range(chunks)))
+
+
+def disk_write(directory: str, chunks: int) -> float:
+    """Seconds to write the dataset with numpy, one file per chunk, then remove them."""
+    d = tempfile.mkdtemp(dir=directory)
+    arrays = [make(0)] * chunks
+    start = time.perf_counter()
+    for i, a in enumerate(arrays):
+        a.tofile(os.path.join(d, str(i)))
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(d)
+    return elapsed
+
+
+def run_hpcdask(limit: int, chunks: int, directory: str) -> tuple[float, dict]:
+    from hpcdask import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, host="127.0.0.1",
+                      dashboard_address=None, local_directory=directory) as c, \
+            Client(c) as client:  # fmt: skip
+        client.wait_for_workers(1)
+        start = time.perf_counter()
+        data = client.map(make, range(chunks), pure=False)
+        client.wait(data) if hasattr(client, "wait") else [f.result() for f in data]
+        sums = client.gather(client.map(total, data, pure=False))
+        elapsed = time.perf_counter() - start
+        assert abs(sum(sums) - expected(chunks)) < 1e-3 * abs(expected(chunks)), sums
+        metrics = next(iter(client.scheduler_info()["workers"].values()))["metrics"]
+    return elapsed, metrics
+
+
+def run_distributed(limit: int, chunks: int, directory: str) -> float:
+    from distributed import Client, LocalCluster, wait
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, host="127.0.0.1",
+                      dashboard_address=None, local_directory=directory) as c, \
+            Client(c) as client:  # fmt: skip
+        client.wait_for_workers(1)
+        start = time.perf_counter()
+        data = client.map(make, range(chunks), pure=False)
+        wait(data)
+        sums = client.gather(client.map(total, data, pure=False))
+        elapsed = time.perf_counter() - start
+        assert abs(sum(sums) - expected(chunks)) < 1e-3 * abs(expected(chunks)), sums
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit-mib", type=int, default=400)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--no-distributed", action="store_true")
+    args = parser.parse_args()
+    limit = args.limit_mib * MIB
+    chunks = 3 * limit // CHUNK
+    nbytes = chunks * CHUNK
+    rows: dict[str, list[float]] = {"disk": [], "hpcdask": [], "distributed": []}
+    last_metrics: dict = {}
+    for _ in range(args.reps):
+        rows["disk"].append(disk_write(args.dir, chunks))
+        t, last_metrics = run_hpcdask(limit, chunks, args.dir)
+        rows["hpcdask"].append(t)
+        if not args.no_distributed:
+            rows["distributed"].append(run_distributed(limit, chunks, args.dir))
+    print(f"dataset {nbytes / MIB:.0f} MiB = {chunks} x 50 MiB on one worker with "
+          f"memory_limit={args.limit_mib} MiB; median of {args.reps}")  # fmt: skip
+    disk = statistics.median(rows["disk"])
+    for name, samples in rows.items():
+        if not samples:
+            continue
+        t = statistics.median(samples)
+        gbs = nbytes / t / 2**30
+        line = f"{name:12s} {t:6.2f} s  {gbs:5.2f} GiB/s  ({min(samples):.2f}-{max(samples):.2f} s)"
+        if name != "disk":
+            line += f"  {disk / t:5.0%} of the disk's write bandwidth"
+        print(line)
+    if rows["distributed"]:
+        ratio = statistics.median(rows["distributed"]) / statistics.median(rows["hpcdask"])
+        print(f"hpcdask is {ratio:.2f}x as fast as dask.distributed")
+    print("hpcdask worker metrics (last run):",
+          {k: last_metrics.get(k) for k in ("spilled_bytes", "spill_count", "unspill_count",
+                                            "spill_seconds", "unspill_seconds")})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
