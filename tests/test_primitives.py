@@ -7,7 +7,18 @@ import threading
 
 import pytest
 
-from hpcdask import Event, Lock, MultiLock, Pub, Queue, Semaphore, Sub, Variable, get_client
+from hpcdask import (
+    Event,
+    Lock,
+    MultiLock,
+    Pub,
+    Queue,
+    Semaphore,
+    Sub,
+    Variable,
+    get_client,
+    get_worker,
+)
 from hpcdask.core import coordination as co
 from hpcdask.testing.polling import wait_for
 
@@ -171,6 +182,7 @@ def test_pub_sub_and_the_event_log(client):
     def publish(n):
         Pub("news").put({"n": n})
         get_client().log_event("task-done", {"n": n})
+        get_worker().log_event("worker-said", n)
         return n
 
     seen = []
@@ -186,6 +198,8 @@ def test_pub_sub_and_the_event_log(client):
     events = client.get_events("task-done")
     assert events[-1][1] == {"n": 3} and isinstance(events[-1][0], float)
     assert got.wait(10) and seen[-1][1] == {"n": 3}
+    wait_for(lambda: client.get_events("worker-said"), what="the worker's event")
+    assert client.get_events("worker-said")[-1][1] == 3
     client.log_event(["a", "b"], "both")
     assert client.get_events()["b"][-1][1] == "both"
     client.unsubscribe_topic("task-done")

@@ -105,6 +105,10 @@ class CoordinationServer:
             out["lease_timeout"] = self.state.lease_timeout
         return out
 
+    def log(self, topics: list, msg: Any) -> None:
+        """An event logged by a worker (its stream, no reply)."""
+        self.apply(co.LogEvent(0, list(topics), msg, time.time()))
+
     async def _expire_leases(self) -> None:
         while self.scheduler.status in ("created", "running"):
             await asyncio.sleep(min(max(self.state.lease_timeout / 4, 0.02), 1.0))

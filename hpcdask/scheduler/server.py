@@ -333,6 +333,8 @@ class Scheduler(Server):
                 events.append(ev.DataAdded(addr, msg["nbytes"]))
             elif op == "long-running":  # the task seceded (worker/secede.py)
                 events.append(ev.LongRunning(addr, msg["key"]))
+            elif op == "log-event":  # Worker.log_event
+                self.coordination.log(msg["topics"], msg["msg"])
             elif op == "missing-data":
                 events.append(ev.MissingData(msg["key"], msg["errant"], addr, msg.get("dependent")))
             elif op == "released-keys":
