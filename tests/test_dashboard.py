@@ -178,6 +178,8 @@ def test_metrics_parse_and_match_the_scheduler(cluster, client):
     assert fams["hpcdask_scheduler_threads"].samples[0].value == 4
     per = fams["hpcdask_worker_memory_managed_bytes"].samples
     assert {s.labels["worker"] for s in per} == set(cluster.scheduler.worker_info)
+    spilled = fams["hpcdask_worker_memory_spilled_bytes"].samples
+    assert {s.labels["worker"] for s in spilled} == set(cluster.scheduler.worker_info)
     assert "hpcdask_worker_transfer_incoming_bytes" in fams
     assert "hpcdask_scheduler_event_loop_lag_seconds" in fams
     prefix = {(s.labels["prefix"], s.labels["state"]): s.value

@@ -17,13 +17,14 @@ def worker_rows(s: Any) -> list[dict]:
     for addr, info in s.worker_info.items():
         ws = s.state.workers.get(addr)
         m = info["metrics"]
-        managed = ws.nbytes if ws is not None else 0
+        # managed: results held in memory (the worker's own count once it can spill to disk)
+        managed = m.get("managed_bytes", ws.nbytes if ws is not None else 0)
         rss = m.get("memory", 0)
         rows.append({
             "address": addr, "name": str(info["name"]), "host": info["host"],
             "nthreads": info["nthreads"], "memory_limit": info["memory_limit"],
             "managed": managed, "unmanaged": max(0, rss - managed), "rss": rss,
-            "spilled": m.get("spilled", 0), "cpu": m.get("cpu", 0.0),
+            "spilled": m.get("spilled_bytes", 0), "cpu": m.get("cpu", 0.0),
             "executing": m.get("executing", 0),
             "processing": len(ws.processing) if ws is not None else 0,
             "in_memory": len(ws.has_what) if ws is not None else 0,

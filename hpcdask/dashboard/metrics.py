@@ -93,12 +93,12 @@ class _SchedulerMetrics:
             ws = s.state.workers.get(addr)
             m = i["metrics"]
             lbl = [addr, names[addr]]
-            managed = ws.nbytes if ws is not None else 0
+            managed = m.get("managed_bytes", ws.nbytes if ws is not None else 0)
             managed_total += managed
             per["threads"].add_metric(lbl, i["nthreads"])
             per["managed"].add_metric(lbl, managed)
             per["rss"].add_metric(lbl, m.get("memory", 0))
-            per["spilled"].add_metric(lbl, m.get("spilled", 0))
+            per["spilled"].add_metric(lbl, m.get("spilled_bytes", 0))
             per["limit"].add_metric(lbl, i["memory_limit"])
             per["cpu"].add_metric(lbl, m.get("cpu", 0.0))
             per["processing"].add_metric(lbl, len(ws.processing) if ws is not None else 0)

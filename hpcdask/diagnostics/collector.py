@@ -232,8 +232,10 @@ class Collector(SchedulerPlugin):
         sample = {}
         for addr, info in s.worker_info.items():
             ws = s.state.workers.get(addr)
-            managed = ws.nbytes if ws is not None else 0
-            sample[addr] = (managed, info["metrics"].get("memory", 0), info["memory_limit"])
+            m = info["metrics"]
+            managed = m.get("managed_bytes", ws.nbytes if ws is not None else 0)
+            sample[addr] = (managed, m.get("memory", 0), info["memory_limit"],
+                            m.get("spilled_bytes", 0))  # fmt: skip
         self.memory.append((time.time(), sample))
 
     def counts(self) -> dict[str, dict[str, int]]:

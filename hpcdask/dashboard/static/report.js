@@ -51,7 +51,7 @@
   // memory
   const [mctx, mwidth] = setup(document.getElementById("report-memory"), 220);
   let top = 1;
-  for (const [, sample] of data.memory) for (const w in sample) top = Math.max(top, sample[w][1], sample[w][2] || 0);
+  for (const [, sample] of data.memory) for (const w in sample) top = Math.max(top, sample[w][1] * 1.1);
   const items = [];
   workers.forEach((w, i) => {
     const colour = "hsl(" + (i * 137 % 360) + ", 60%, 45%)";
