@@ -32,6 +32,19 @@ async def test_required_encryption_makes_tls_the_default_everywhere():
                 assert await c.submit(divide, 4) == 0.25
 
 
+def test_cli_tls_flags_make_tls_the_default_protocol(tmp_path):
+    from hpcdask.cli.runtime import _tls_security
+
+    for part, data in Security.temporary()._tls_memory.items():
+        (tmp_path / f"{part}.pem").write_bytes(data)
+    sec = _tls_security(str(tmp_path / "ca.pem"), str(tmp_path / "cert.pem"),
+                        str(tmp_path / "key.pem"))  # fmt: skip
+    assert Scheduler(host="127.0.0.1", security=sec).listen_address.startswith("tls://")
+    assert Worker("tls://127.0.0.1:1", host="127.0.0.1", security=sec).listen_address.startswith(
+        "tls://"
+    )
+
+
 def test_local_cluster_with_required_encryption_listens_on_tls():
     with LocalCluster(n_workers=1, processes=False, security=Security.temporary(),
                       dashboard_address=None) as cluster:  # fmt: skip

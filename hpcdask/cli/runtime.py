@@ -166,7 +166,9 @@ def _tls_security(ca: str | None, cert: str | None, key: str | None):
     for flag, path in (("--tls-ca-file", ca), ("--tls-cert", cert), ("--tls-key", key)):
         if path and not os.path.isfile(os.path.expanduser(path)):
             raise click.BadParameter(f"{path}: no such file", param_hint=flag)
-    return Security(tls_ca_file=ca, tls_worker_cert=cert, tls_worker_key=key)
+    # TLS files given: encryption is required, so tls:// is the default protocol (as dask's CLI)
+    return Security(tls_ca_file=ca, tls_worker_cert=cert, tls_worker_key=key,
+                    require_encryption=True)  # fmt: skip
 
 
 def _nworkers(text: str, cores: int) -> int:
