@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hpcdask import Client, LocalCluster
+from hpcdask.jobqueue._testing import requires_slurm
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -206,3 +207,23 @@ def test_status_page_shows_workers_and_task_stream(browser):
         text = browser.wait_until("document.readyState === 'complete' && document.body.innerText")
         assert "403" in text and "tcp://" not in text
     assert (ARTIFACTS / "dashboard-status.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slurm
+@requires_slurm
+def test_jobs_page_shows_why_a_slurm_job_is_pending(browser, tmp_path):
+    from hpcdask.jobqueue import SLURMCluster
+
+    with SLURMCluster(site="ci-slurm", job_cpu=512, log_directory=str(tmp_path),
+                      poll_interval=0.3, poll_interval_max=1.0,
+                      scheduler_options={"dashboard_address": ":0"}) as cluster:  # fmt: skip
+        cluster.scale(1)
+        (job_id,) = cluster.jobs
+        browser.call("Page.navigate", session=True,
+                     url=cluster.dashboard_link.replace("/status?", "/jobs?"))  # fmt: skip
+        row = f"document.querySelector('#jobs-table tr[data-job=\"{job_id}\"]')"
+        browser.wait_until(f"{row} && {row}.cells[2].textContent.includes('PartitionConfig')",
+                           timeout=60)  # fmt: skip
+        assert browser.evaluate(f"{row}.dataset.state") == "pending"
+        browser.screenshot(ARTIFACTS / "dashboard-jobs.png")
+        assert browser.errors() == []
