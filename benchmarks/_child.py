@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from . import backends, core
-from . import collections as colls
+from . import bench_collections as colls
 
 BENCHES = {**core.BENCHES, **colls.BENCHES}
 SIZES = {**core.SIZES, **colls.SIZES}

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
     __package__ = "benchmarks"
 
 from benchmarks.backends import version_of  # noqa: E402
-from benchmarks.collections import SIZES as _COLLECTION_SIZES  # noqa: E402
+from benchmarks.bench_collections import SIZES as _COLLECTION_SIZES  # noqa: E402
 from benchmarks.core import SIZES as _CORE_SIZES  # noqa: E402
 
 SIZES = {**_CORE_SIZES, **_COLLECTION_SIZES}
@@ -101,6 +101,15 @@ SPECS: dict[str, Spec] = {
         0.25,
         (900, 240),
     ),
+    "memory_client": Spec(
+        "scheduler + client process (LocalCluster) per pending task on a pending input, {n:,}",
+        "bytes_per_task",
+        "bytes",
+        ("distributed", "hpcdask"),
+        "le",
+        0.25,
+        (900, 240),
+    ),
     "million": Spec(
         "{n:,} pending tasks: scheduler RSS; time to submit",
         "rss_after",
@@ -151,7 +160,7 @@ SPECS: dict[str, Spec] = {
         "{:,.2f}",
     ),
     "submit": Spec(
-        "{n:,}-task dask.array graph: call to scheduler holding all of it",
+        "{n:,}-task dask.array graph on unfinished futures: call to scheduler holding it",
         "submit_s",
         "s",
         ("distributed", "hpcdask"),

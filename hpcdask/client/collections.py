@@ -22,16 +22,6 @@ from .future import Future
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
 
-_SUBMIT_OPTIONS = (
-    "workers",
-    "resources",
-    "retries",
-    "priority",
-    "allow_other_workers",
-    "fifo_timeout",
-    "actor",
-    "actors",
-)
 _ANNOTATIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
 
 
@@ -336,6 +326,8 @@ def _is_collection(a: Any) -> bool:
 
 
 def _pop_options(kwargs: dict, what: str) -> dict:
+    from .client import _SUBMIT_OPTIONS
+
     opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
     for ignored in ("asynchronous", "direct", "fifo_timeout"):
         kwargs.pop(ignored, None)

@@ -155,6 +155,7 @@ class Resolver:
     def __init__(self, graph: dict, keep: Iterable) -> None:
         self.graph = graph
         self.keep = set(keep)
+        self.adopted: dict = {}  # output alias -> the node it runs (see dependency_order)
 
     def __call__(self, key: Any) -> Any:
         graph, keep = self.graph, self.keep
@@ -171,10 +172,15 @@ class Resolver:
 def dependency_order(graph: dict, outs: list, resolve: Resolver) -> tuple[list, list]:
     """Keys the outputs need, dependencies first (depth first, so that a reduction's inputs are
     computed just before it: the scheduler runs tasks of one priority in the order sent), and
-    the keys referred to that the graph does not hold."""
+    the keys referred to that the graph does not hold.
+
+    An output that is an alias of a task nothing else uses runs that task under its own key
+    (`resolve.adopted`): dask puts such an alias behind every chunk of a persisted array."""
     order: list = []
     missing: list = []
     seen: set = set()
+    refs: dict = {}
+    keep = resolve.keep
     stack = [(k, False) for k in reversed(outs)]
     while stack:
         k, done = stack.pop()
@@ -189,11 +195,23 @@ def dependency_order(graph: dict, outs: list, resolve: Resolver) -> tuple[list, 
             missing.append(k)
             continue
         stack.append((k, True))
-        if type(node) is _Alias and k in resolve.keep:
+        if type(node) is _Alias and k in keep:
             deps: Any = (resolve(node.target),)
         else:
             deps = [resolve(d) for d in node.dependencies]
+        for d in deps:
+            refs[d] = refs.get(d, 0) + 1
         stack.extend((d, False) for d in deps if d not in seen)
+    dropped = set()
+    for k in keep:
+        node = graph.get(k)
+        if type(node) is _Alias:
+            t = resolve(node.target)
+            if t not in keep and refs.get(t) == 1 and isinstance(graph.get(t), _Task):
+                resolve.adopted[k] = graph[t]
+                dropped.add(t)
+    if dropped:
+        order = [k for k in order if k not in dropped]
     return order, missing
 
 
@@ -207,8 +225,9 @@ def split(keys: list, graph: dict, resolve: Resolver) -> list[tuple[str, Templat
     walked = []
     counts: dict[int, int] = {}
     fused: dict[tuple, tuple] = {}
+    adopted = resolve.adopted
     for k in keys:
-        steps, out, ops = _walk_node(graph[k], resolve, fused)
+        steps, out, ops = _walk_node(adopted.get(k) or graph[k], resolve, fused)
         for o in ops:
             if type(o) not in _PER_TASK:
                 i = id(o)

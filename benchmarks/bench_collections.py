@@ -80,34 +80,45 @@ def bench_shuffle(backend: Backend, rows: int, parts: int) -> dict[str, Any]:
     return {"seconds": seconds, "rows": rows}
 
 
-def _block_until(path: str, timeout: float = 600.0) -> Any:
-    import numpy as np
-
-    deadline = time.monotonic() + timeout
+def _held(block: Any, path: str) -> Any:
+    """Returns its block once `path` exists: nothing finishes while the graph is submitted."""
+    deadline = time.monotonic() + 600
     while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return np.zeros(1)
+        time.sleep(0.005)
+    return block
 
 
 def bench_submit(backend: Backend, n: int) -> dict[str, Any]:
-    """Time until the scheduler holds all of an n-chunk array graph (`x + z`, every chunk
-    waiting for one blocked chunk z, so nothing finishes meanwhile): client and scheduler."""
-    import dask
+    """Time until the scheduler holds an n-task dask.array graph, `x + 1` on a persisted
+    n-chunk array x whose chunks are all still running (each waits for a file): every new task
+    depends on an unfinished future, so nothing finishes meanwhile. The client's work and the
+    scheduler's; `roots_s` is the same for x itself (n tasks without inputs)."""
     import dask.array as da
+    import numpy as np
 
     with local_client(backend) as client, tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "go")
-        z = da.from_delayed(dask.delayed(_block_until)(path), shape=(1,), dtype=float)
-        y = da.ones(n, chunks=1) + z
+        meta = np.empty((0,), dtype=float)  # dask would otherwise call _held to find it
+        x = da.ones(n, chunks=1).map_blocks(_held, path, dtype=float, meta=meta)
         before = backend.task_count(client)
         t0 = time.perf_counter()
-        persisted = client.persist(y)
-        t_client = time.perf_counter() - t0
+        x = client.persist(x)
         _wait_for_count(backend, client, before + n, 600)
+        t_roots = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        y = client.persist(x + 1)
+        t_client = time.perf_counter() - t0
+        _wait_for_count(backend, client, before + 2 * n, 600)
         t_held = time.perf_counter() - t0
         open(path, "w").close()
-        total = _timed(lambda: persisted.sum().compute())
-    return {"submit_s": t_held, "client_s": t_client, "tasks": n, "finish_s": total}
+        total = _timed(lambda: y.sum().compute())
+    return {
+        "submit_s": t_held,
+        "client_s": t_client,
+        "roots_s": t_roots,
+        "tasks": n,
+        "finish_s": total,
+    }
 
 
 BENCHES = {
