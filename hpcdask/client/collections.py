@@ -175,15 +175,12 @@ class CollectionsMixin:
         """Start computing dask collections; a Future per collection (values with sync=True).
         Objects that are not collections are returned as they are."""
         opts = _pop_options(kwargs, "compute")
-        single = not isinstance(collections, (list, tuple, set))
-        items = [collections] if single else list(collections)
         from dask._expr import FinalizeCompute
-        from dask.base import collections_to_expr, is_dask_collection
+        from dask.base import collections_to_expr
 
-        positions = [i for i, c in enumerate(items) if is_dask_collection(c)]
-        out = list(items)
+        single, out, positions = _sort_out(collections)
         if positions:
-            expr = collections_to_expr([items[i] for i in positions], optimize_graph)
+            expr = collections_to_expr([out[i] for i in positions], optimize_graph)
             expr = FinalizeCompute(expr).optimize()
             per = [next(iter(graphs.flatten_keys(k))) for k in expr.__dask_keys__()]
             futures = self._submit_graph(expr, per, opts)
@@ -196,14 +193,11 @@ class CollectionsMixin:
     def persist(self: Client, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
         """The same collections, backed by Futures whose data stays on the workers."""
         opts = _pop_options(kwargs, "persist")
-        single = not isinstance(collections, (list, tuple, set))
-        items = [collections] if single else list(collections)
-        from dask.base import collections_to_expr, is_dask_collection
+        from dask.base import collections_to_expr
 
-        positions = [i for i, c in enumerate(items) if is_dask_collection(c)]
-        out = list(items)
+        single, out, positions = _sort_out(collections)
         if positions:
-            colls = [items[i] for i in positions]
+            colls = [out[i] for i in positions]
             expr = collections_to_expr(colls, optimize_graph)
             parts = _parts(expr, len(colls))
             composite = any(isinstance(e, _CompositeExpr()) for e in parts)
@@ -353,6 +347,15 @@ def _annotations(annotations: dict, opts: dict) -> tuple[dict, dict]:
         for key, value in values.items():
             per_key.setdefault(key, dict(base))[name] = value
     return base, per_key
+
+
+def _sort_out(collections: Any) -> tuple[bool, list, list[int]]:
+    """(one collection was given, the items, positions of the dask collections among them)."""
+    from dask.base import is_dask_collection
+
+    single = not isinstance(collections, (list, tuple, set))
+    items = [collections] if single else list(collections)
+    return single, items, [i for i, c in enumerate(items) if is_dask_collection(c)]
 
 
 def _CompositeExpr() -> type:
