@@ -1,0 +1,70 @@
+"""Tasks that launch tasks: fib(n) with one task per call (pure=False: every call is its own
+task), each seceding while it waits on its two children; 2 workers x 1 thread, hpcdask next to
+dask.distributed in one run.
+
+    .venv/bin/python -m benchmarks.bench_tasks_in_tasks [--n 15]
+
+fib(n) makes fib(n+1)*2-1 tasks (n=15: 1973). Seconds for the whole tree, cluster start-up
+excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def fib_hpcdask(n: int) -> int:
+    from hpcdask import get_client, rejoin, secede
+
+    if n < 2:
+        return n
+    client = get_client()
+    a = client.submit(fib_hpcdask, n - 1, pure=False)
+    b = client.submit(fib_hpcdask, n - 2, pure=False)
+    secede()
+    result = a.result() + b.result()
+    rejoin()
+    return result
+
+
+def fib_distributed(n: int) -> int:
+    from distributed import get_client, rejoin, secede
+
+    if n < 2:
+        return n
+    client = get_client()
+    a = client.submit(fib_distributed, n - 1, pure=False)
+    b = client.submit(fib_distributed, n - 2, pure=False)
+    secede()
+    result = a.result() + b.result()
+    rejoin()
+    return result
+
+
+def run(lib: str, n: int) -> float:
+    if lib == "hpcdask":
+        from hpcdask import Client, LocalCluster
+
+        fib = fib_hpcdask
+    else:
+        from distributed import Client, LocalCluster
+
+        fib = fib_distributed
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        start = time.perf_counter()
+        client.submit(fib, n, pure=False).result()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=15)
+    args = parser.parse_args()
+    for lib in ("hpcdask", "distributed"):
+        print(f"fib({args.n}) one task per call, {lib}: {run(lib, args.n):.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
