@@ -459,9 +459,12 @@ class Worker(Server):
                     logger.exception("worker plugin failed in transition")
 
     def _tune_prefetch(self) -> None:
-        """Queue about 2 ms of work per thread ahead, and none for long tasks."""
+        """Queue about 2 ms of work per thread ahead, and none for long tasks, except one per
+        thread when results may be spilled: the event loop writes them to disk, and the
+        threads compute the next ones meanwhile instead of waiting for the write."""
         per_thread = int(0.002 / max(self._avg_duration, 1e-6))
-        self.state.prefetch = self.nthreads * max(0, min(64, per_thread))
+        floor = 1 if isinstance(self.data, memory.ManagedData) else 0
+        self.state.prefetch = self.nthreads * max(floor, min(64, per_thread))
 
     # ------------------------------------------------------------ data transfer
 
