@@ -18,6 +18,7 @@ from typing import Any
 
 from ..protocol.serialize import Pickled
 from ..protocol.taskspec import dumps_args, loads_args
+from .options import refuse
 
 _TIMEOUT = "__hpcdask_timeout__"  # see scheduler/coordination.py
 
@@ -277,6 +278,7 @@ class Queue(_Primitive):
 
     def put(self, value: Any, timeout: Any = None, **kwargs: Any) -> Any:
         """Add a value; with `maxsize`, waits for room (TimeoutError after `timeout`)."""
+        refuse("Queue.put", kwargs)
         return self.client._sync(self._put, value, _seconds(timeout))
 
     async def _put(self, value: Any, timeout: float | None) -> None:
@@ -289,6 +291,7 @@ class Queue(_Primitive):
     def get(self, timeout: Any = None, batch: Any = False, **kwargs: Any) -> Any:
         """The next value (waits for one; TimeoutError after `timeout`); `batch=True`: all
         values there are now, `batch=n`: up to n."""
+        refuse("Queue.get", kwargs)
         return self.client._sync(self._get, _seconds(timeout), batch)
 
     async def _get(self, timeout: float | None, batch: Any) -> Any:
@@ -303,6 +306,7 @@ class Queue(_Primitive):
         return _unpack(self.client, value, keys)
 
     def qsize(self, **kwargs: Any) -> Any:
+        refuse("Queue.qsize", kwargs)
         return self.client._sync(self._qsize)
 
     async def _qsize(self) -> int:
@@ -317,6 +321,7 @@ class Variable(_Primitive):
     """A cluster-wide named value (or future) that clients and tasks set and read."""
 
     def set(self, value: Any, timeout: Any = "30 s", **kwargs: Any) -> Any:
+        refuse("Variable.set", kwargs)
         return self.client._sync(self._set, value)
 
     async def _set(self, value: Any) -> None:
@@ -326,6 +331,7 @@ class Variable(_Primitive):
 
     def get(self, timeout: Any = None, **kwargs: Any) -> Any:
         """The value; waits until one is set (TimeoutError after `timeout`)."""
+        refuse("Variable.get", kwargs)
         return self.client._sync(self._get, _seconds(timeout))
 
     async def _get(self, timeout: float | None) -> Any:
