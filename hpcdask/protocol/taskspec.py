@@ -44,7 +44,7 @@ class _RefsMixin:
     while a GPU library is loaded, device arrays become device frames (protocol/device.py)."""
 
     def __init__(self, file: io.BytesIO, buffers: list, deps: list) -> None:
-        super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        super().__init__(file, protocol=5, buffer_callback=buffers.append)  # type: ignore[call-arg]
         self.deps = deps
         self.device: list = []
         self._gpu = _device.active()
@@ -100,14 +100,16 @@ def loads_args(payload: Any, data: dict) -> tuple[tuple, dict]:
         header, buffers = payload.data, payload.buffers
     else:
         header, buffers = payload, None
+    up: pickle.Unpickler
     if buffers is not None and payload.ndevice:
         split = len(buffers) - payload.ndevice
         up = _device.DeviceUnpickler(io.BytesIO(header), buffers[:split], buffers[split:])
         device_load = up.persistent_load
-        up.persistent_load = lambda pid: data[pid] if type(pid) is str else device_load(pid)
+        # Instance attributes shadow the method: the C unpickler calls them per reference.
+        up.persistent_load = lambda pid: data[pid] if type(pid) is str else device_load(pid)  # type: ignore[method-assign]
     else:
         up = pickle.Unpickler(io.BytesIO(header), buffers=buffers)
-        up.persistent_load = data.__getitem__
+        up.persistent_load = data.__getitem__  # type: ignore[method-assign]
     obj = up.load()
     if type(obj) is tuple and len(obj) == 2 and type(obj[1]) is dict and type(obj[0]) is tuple:
         return obj

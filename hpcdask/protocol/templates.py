@@ -105,7 +105,8 @@ def _compile(t: Template) -> Callable[[tuple], Any]:
     steps = [(reg, build(shape)) for reg, shape in t.steps]
     out = build(t.out)
     if not steps:
-        return lambda a: out(a, None)
+        none: list = []
+        return lambda a: out(a, none)
 
     def run(a: tuple) -> Any:
         r: list = [None] * nregs
