@@ -31,6 +31,7 @@ def test_placement_views(client):
     f.result()
     assert f.key in client.has_what()[workers[0]]
     assert client.who_has([f])[f.key] == [workers[0]]
+    assert client.who_has()[f.key] == [workers[0]]  # all keys in memory
     client.replicate([f])
     assert sorted(client.who_has([f])[f.key]) == workers
     assert all(f.key in keys for keys in client.has_what().values())

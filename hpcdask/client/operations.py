@@ -21,8 +21,11 @@ class ClusterOperations:
         return self._rpc("identity")
 
     def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
+        """{key: [workers holding it]} of these futures, or of every key in memory."""
+        if futures is None:
+            return self._rpc("who-has", keys=None)
         flat: list[Future] = []
-        _collect(futures if futures is not None else [], flat)
+        _collect(futures, flat)
         return self._rpc("who-has", keys=[f.key for f in flat])
 
     def story(self, *keys: Any) -> Any:

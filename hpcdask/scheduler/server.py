@@ -439,7 +439,10 @@ class Scheduler(Server):
 
     async def _who_has(self, comm: Comm, msg: dict) -> dict:
         out = {}
-        for key in msg["keys"]:
+        keys = msg["keys"]
+        if keys is None:  # all keys in memory, as dask's who_has()
+            keys = [k for k, ts in self.state.tasks.items() if ts.who_has]
+        for key in keys:
             ts = self.state.tasks.get(key)
             out[key] = [ws.address for ws in ts.who_has] if ts and ts.who_has else []
         return out
