@@ -161,3 +161,23 @@ def test_full_disk_is_a_clear_error(tmp_path):
 def test_directory_that_cannot_be_created_names_local_directory():
     with pytest.raises(SpillError, match="local_directory"):
         make_spill_store("file", "/proc/hpcdask-cannot-be-here")
+
+
+def test_spill_directory_of_a_dead_worker_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f"spill-{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "0").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"spill-{os.getppid()}-def"  # a running process: kept
+    alive.mkdir()
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    s = make_spill_store("file", str(tmp_path))
+    try:
+        assert not stale.exists() and alive.exists() and other.exists()
+    finally:
+        s.close()

@@ -141,13 +141,15 @@ def _maybe_compress(codec: tuple | None, frame: Any) -> tuple[Any, bool]:
 
 
 class FileSpillStore:
-    """One file per value under `directory/spill-XXXX/` (removed at close). The file layout
-    is kept in memory: (path, [(stored length, raw length, compressed)...], ndevice)."""
+    """One file per value under `directory/spill-PID-XXXX/` (removed at close; left behind by
+    a killed worker, it is removed by the next store made in `directory`). The file layout is
+    kept in memory: (path, [(stored length, raw length, compressed)...], ndevice)."""
 
     def __init__(self, directory: str, compression: str | None = "auto") -> None:
         try:
             os.makedirs(directory, exist_ok=True)
-            self.directory = tempfile.mkdtemp(prefix="spill-", dir=directory)
+            _remove_stale(directory)
+            self.directory = tempfile.mkdtemp(prefix=f"spill-{os.getpid()}-", dir=directory)
         except OSError as e:
             raise SpillError(
                 e.errno, f"cannot create a spill directory in {directory}: {e.strerror}; set "
@@ -222,6 +224,24 @@ def _empty(nbytes: int) -> Any:
     if np is not None and nbytes >= COMPRESS_SAMPLE_BYTES:
         return np.empty(nbytes, dtype=np.uint8)
     return bytearray(nbytes)
+
+
+def _remove_stale(directory: str) -> None:
+    """Spill directories of processes that no longer run (a SIGKILLed or OOM-killed worker
+    cannot clean up after itself; its spilled data would fill the disk over restarts)."""
+    for name in os.listdir(directory):
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "spill" or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _writev_all(fd: int, frames: list) -> None:
