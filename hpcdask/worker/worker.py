@@ -325,13 +325,6 @@ class Worker(Server):
         self._loop.call_soon_threadsafe(self._send, {"op": "log-event", "topics": topics,
                                                      "msg": msg})  # fmt: skip
 
-    def log_event(self, topic: str | list, msg: Any) -> None:
-        """Record `msg` (msgpack-able) in the scheduler's event log under `topic` (or several),
-        from a task or a plugin; `client.get_events(topic)` reads it."""
-        topics = [topic] if isinstance(topic, str) else list(topic)
-        self._loop.call_soon_threadsafe(self._send, {"op": "log-event", "topics": topics,
-                                                     "msg": msg})  # fmt: skip
-
     def _send(self, msg: Any) -> None:
         if self.stream is not None and not self.stream.closed():
             self.stream.send(msg)
