@@ -66,6 +66,14 @@ STATUS_TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("running", "paused"), ("paused", "running"),
 })  # fmt: skip
 
+# The table by start state (what `_transition` reads: no tuple to build per change).
+_ALLOWED: dict[str, frozenset[str]] = {
+    state: frozenset(f for s, f in TRANSITIONS if s == state) for state in STATES
+}
+_LEAVE_HOOKS = frozenset({"memory", "constrained"})
+_ENTER_HOOKS = frozenset({"memory", "ready", "executing", "released", "constrained"})
+_now = time.time
+
 MAX_FLIGHTS = 8  # concurrent fetches from peers
 FETCH_BATCH_BYTES = 64 * 2**20  # keys per request to a peer, up to this size
 
@@ -226,6 +234,7 @@ class WorkerState:
         self.nbytes_in_memory = 0
         self.log: deque = deque(maxlen=log_length)
         self._stim = ""
+        self._now = 0.0
         self._seq = 0
         self._out: list = []
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -246,6 +255,7 @@ class WorkerState:
 
         `stimulus_id` names their cause for the story (the server passes which message from
         which peer); without it the event's type is logged."""
+        self._now = _now()  # one time stamp for the log entries of one call
         for ev in events:
             self._stim = stimulus_id or type(ev).__name__
             self._handlers[type(ev)](ev)
@@ -274,27 +284,30 @@ class WorkerState:
     def _transition(self, ts: WTask, finish: WorkerTaskState) -> None:
         """The only place a task's state changes, with the bookkeeping tied to states."""
         start = ts.state
-        if (start, finish) not in TRANSITIONS:
+        if finish not in _ALLOWED[start]:
             raise InvalidTransition(ts.key, start, finish, self.story(ts.key))
-        if start == "memory":
-            self.nbytes_in_memory -= ts.nbytes
-        elif start == "constrained":
-            self.constrained.remove(ts)
+        if start in _LEAVE_HOOKS:
+            if start == "memory":
+                self.nbytes_in_memory -= ts.nbytes
+            else:  # constrained
+                self.constrained.remove(ts)
         ts.state = finish
-        if finish == "memory":
-            self.nbytes_in_memory += ts.nbytes
-        elif finish == "ready":
-            self._seq += 1
-            heapq.heappush(self.ready, (ts.priority, self._seq, ts))
-        elif finish == "constrained":
-            self.constrained.append(ts)
-        elif finish == "executing" and start != "cancelled":  # (a cancelled one still runs)
-            self.executing.add(ts)
-            self._out.append(Execute(ts.key))
-        elif finish == "released":
-            if self.tasks.get(ts.key) is ts:
-                del self.tasks[ts.key]
-        self.log.append((ts.key, start, finish, self._stim, time.time()))
+        if finish in _ENTER_HOOKS:
+            if finish == "memory":
+                self.nbytes_in_memory += ts.nbytes
+            elif finish == "ready":
+                self._seq += 1
+                heapq.heappush(self.ready, (ts.priority, self._seq, ts))
+            elif finish == "executing":
+                if start != "cancelled":  # (a cancelled one is still running)
+                    self.executing.add(ts)
+                    self._out.append(Execute(ts.key))
+            elif finish == "released":
+                if self.tasks.get(ts.key) is ts:
+                    del self.tasks[ts.key]
+            else:  # constrained
+                self.constrained.append(ts)
+        self.log.append((ts.key, start, finish, self._stim, self._now))
 
     # ------------------------------------------------------------ events
 
