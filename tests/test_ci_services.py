@@ -15,8 +15,8 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 SCRIPT = Path(__file__).parent.parent / "ci" / "services.sh"
-SETUPS = {"MPI": "mpi_setup.sh", "SLURM": "slurm_setup.sh", "SGE": "sge_setup.sh",
-          "SSH": "ssh_setup.sh"}  # fmt: skip
+SETUPS = {"MPI": "mpi_setup.sh", "CHROMIUM": "chromium_setup.sh", "SLURM": "slurm_setup.sh",
+          "SGE": "sge_setup.sh", "SSH": "ssh_setup.sh"}  # fmt: skip
 
 
 def stage(tmp_path: Path, failing: set[str] = frozenset(), uid: int = 0) -> Path:
@@ -47,7 +47,7 @@ def test_all_services_up_exits_0(tmp_path):
     assert all(f"{n} stand-in" in proc.stdout for n in SETUPS)
 
 
-@pytest.mark.parametrize("name", ["MPI", "UCX", "SLURM", "SGE", "SSH"])
+@pytest.mark.parametrize("name", ["MPI", "UCX", "CHROMIUM", "SLURM", "SGE", "SSH"])
 def test_a_service_that_did_not_start_fails_the_script(tmp_path, name):
     proc = services(stage(tmp_path, failing={name}))
     assert proc.returncode == 1
