@@ -151,8 +151,10 @@ def test_scheduler_that_dies_while_a_client_waits_is_a_clear_error(tmp_path):
     worker = None
     try:
         wait_for(sched_file.exists, timeout=30, what="the scheduler file")
+        here = os.path.dirname(os.path.abspath(__file__))  # the tasks' module, for the worker
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *sys.path])}
         worker = subprocess.Popen([sys.executable, "-m", "hpcdask", "worker", "--scheduler-file",
-                                   str(sched_file), "--nthreads", "1"])  # fmt: skip
+                                   str(sched_file), "--nthreads", "1"], env=env)  # fmt: skip
         with Client(scheduler_file=str(sched_file), timeout=30) as client:
             client.wait_for_workers(1, timeout=30)
             f = client.submit(_slow, 30.0)
@@ -170,3 +172,44 @@ def test_scheduler_that_dies_while_a_client_waits_is_a_clear_error(tmp_path):
         for p in (sched, worker):  # a killed nanny takes its worker with it
             if p is not None and p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.timeout(120)
+def test_nannies_killed_and_frozen_during_a_graph(tmp_path):
+    """Nanny processes (the CLI's) SIGKILLed or SIGSTOPped mid-graph: a killed nanny's worker
+    leaves with it, a frozen nanny's worker keeps working; the answer is right."""
+    rng = random.Random(SEED + 1)
+    layers = _graph(rng)  # 2,000 tasks
+    sched_file = tmp_path / "scheduler.json"
+    sched = subprocess.Popen([sys.executable, "-m", "hpcdask", "scheduler", "--host",
+                              "127.0.0.1", "--port", "0", "--scheduler-file", str(sched_file),
+                              "--no-dashboard"])  # fmt: skip
+    nannies: list[subprocess.Popen] = []
+    try:
+        wait_for(sched_file.exists, timeout=30, what="the scheduler file")
+        here = os.path.dirname(os.path.abspath(__file__))  # the tasks' module, for the workers
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, *sys.path])}
+        for _ in range(3):
+            nannies.append(subprocess.Popen([sys.executable, "-m", "hpcdask", "worker",
+                                             "--scheduler-file", str(sched_file),
+                                             "--nthreads", "1"], env=env))  # fmt: skip
+        with Client(scheduler_file=str(sched_file), timeout=30) as client:
+            client.wait_for_workers(3, timeout=60)
+            futures = _submit(client, layers)
+            victim, frozen = rng.sample(nannies, 2)
+            wait_for(lambda: sum(f.done() for f in futures) >= 5, timeout=30,
+                     what="the graph to be under way")  # fmt: skip
+            victim.kill()
+            frozen.send_signal(signal.SIGSTOP)
+            try:
+                results = client.gather(futures)
+            finally:
+                frozen.send_signal(signal.SIGCONT)
+            assert sum(results) == pytest.approx(_expected(layers)), f"seed {SEED}"
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=30,
+                     what="the killed nanny's worker to leave")  # fmt: skip
+    finally:
+        for p in [*nannies, sched]:  # a killed nanny takes its worker with it
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)

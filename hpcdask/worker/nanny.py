@@ -109,7 +109,10 @@ class Nanny(AsyncLifecycle):
         # The child sees the modules this process sees, as multiprocessing's spawn would give.
         paths = [p or os.getcwd() for p in sys.path if os.path.isdir(p or ".")]
         extra = os.environ.get("PYTHONPATH")
-        env = {**os.environ, **self.env,
+        # glibc returns freed memory to the system only above this, and raises its mmap
+        # threshold as large arrays are freed unless it is set: freed results then stay in
+        # the process as "unmanaged" memory that no spilling can free (dask sets it too).
+        env = {"MALLOC_TRIM_THRESHOLD_": "65536", **os.environ, **self.env,
                "PYTHONPATH": os.pathsep.join(paths + ([extra] if extra else [])),
                "HPCDASK_SECRET": self.security.secret.hex(),
                "HPCDASK_SECURITY": _encode_security(self.security),
