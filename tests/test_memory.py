@@ -209,3 +209,43 @@ def test_no_limit_or_zero_fractions_turn_steps_off():
     assert _state(limit=0).handle(MemorySample(10**12, 10**12)) == []
     w = _state(fractions=(0.6, 0, 0))
     assert w.handle(MemorySample(990, 500)) == [] and w.status == "running"
+
+
+# ---------------------------------------------------------------- on a real worker
+
+
+@pytest.mark.timeout(60)
+def test_paused_worker_runs_nothing_serves_its_data_and_resumes(monkeypatch):
+    from hpcdask import Client, LocalCluster
+    from hpcdask.testing.polling import wait_for
+
+    # pause at 1% of 1 GiB: the worker processes are past it from the start (the environment
+    # reaches them through their nannies)
+    monkeypatch.setenv("HPCDASK_WORKER__MEMORY__PAUSE", "0.01")
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="1GiB",
+                         host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        workers = sorted(client.scheduler_info()["workers"])
+        wait_for(lambda: all(w.status == "paused" for w in cluster.scheduler.state.workers.values()),
+                 timeout=20, what="both workers paused")  # fmt: skip
+        f = client.submit(sum, [1, 2], pure=False)
+        with pytest.raises(TimeoutError):
+            f.result(timeout=1)  # nobody runs it
+        metrics = client.scheduler_info()["workers"][workers[0]]["metrics"]
+        wait_for(lambda: client.scheduler_info()["workers"][workers[0]]["metrics"].get("status")
+                 == "paused", timeout=10, what="paused in the heartbeat")  # fmt: skip
+        # Let one worker run again (as if its memory went down).
+        client.run(lambda dask_worker: setattr(dask_worker.state, "pause_fraction", 0.99),
+                   workers=[workers[1]])  # fmt: skip
+        assert f.result(timeout=20) == 3
+        assert client.who_has([f])[f.key] == [workers[1]]
+        # A paused worker still serves its data to a peer.
+        client.run(lambda dask_worker: setattr(dask_worker.state, "pause_fraction", 0.01),
+                   workers=[workers[1]])  # fmt: skip
+        client.run(lambda dask_worker: setattr(dask_worker.state, "pause_fraction", 0.99),
+                   workers=[workers[0]])  # fmt: skip
+        wait_for(lambda: cluster.scheduler.state.workers[workers[1]].status == "paused",
+                 timeout=20, what="the holder paused again")  # fmt: skip
+        g = client.submit(lambda x: x + 1, f, workers=[workers[0]], pure=False)
+        assert g.result(timeout=20) == 4
+        assert metrics["spilled_bytes"] == 0
