@@ -37,6 +37,10 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "full": {"n": 1_000_000, "warmup": 2_000},
         "quick": {"n": 200_000, "warmup": 1_000},
     },
+    "memory_client": {
+        "full": {"n": 100_000, "warmup": 2_000},
+        "quick": {"n": 20_000, "warmup": 1_000},
+    },
 }
 
 
@@ -259,6 +263,43 @@ def bench_memory(backend: Backend, n: int, warmup: int, timeout: float = 900) ->
     }
 
 
+def bench_memory_client(backend: Backend, n: int, warmup: int, timeout: float = 900) -> dict:
+    """Scheduler and client in one process, as LocalCluster runs them (no workers, so nothing
+    finishes): the RSS growth over n pending tasks that each depend on another pending task.
+
+    The n inputs are submitted (and held) first; what is measured is the second batch, whose
+    every task waits for one of them: its Future and bookkeeping in the client, its record,
+    edges and pickled arguments in the scheduler."""
+    import gc
+
+    kw = {"n_workers": 0}
+    if backend.name == "hpcdask":
+        kw["dashboard_address"] = None  # as for distributed (no HTTP server)
+    with backend.local_cluster(**kw) as cluster, backend.client(cluster) as client:
+        warm = client.map(_tasks.inc, range(warmup), pure=False)
+        inputs = client.map(_tasks.inc, range(warmup, warmup + n), pure=False)
+        _wait_for_count(backend, client, warmup + n, timeout)
+        gc.collect()
+        rss0 = _settled_rss(os.getpid())
+        t0 = time.perf_counter()
+        futures = client.map(_tasks.inc, inputs, pure=False)
+        t_client = time.perf_counter() - t0
+        _wait_for_count(backend, client, warmup + 2 * n, timeout)
+        t_held = time.perf_counter() - t0
+        gc.collect()
+        rss1 = _settled_rss(os.getpid())
+        del futures, inputs, warm
+    return {
+        "tasks": n,
+        "rss_before": rss0,
+        "rss_after": rss1,
+        "bytes_per_task": (rss1 - rss0) / n,
+        "client_submit_s": t_client,
+        "submit_s": t_held,
+        "tasks_per_s": n / t_held,
+    }
+
+
 BENCHES = {
     "map": bench_map,
     "roundtrip": bench_roundtrip,
@@ -266,4 +307,5 @@ BENCHES = {
     "transfer": bench_transfer,
     "memory": bench_memory,
     "million": bench_memory,
+    "memory_client": bench_memory_client,
 }

@@ -36,7 +36,15 @@ from .scheduler_events import (
     WorkerRetired,
     WorkerStatusChanged,
 )
-from .task_state import FIRE_AND_FORGET, ClientState, TaskState, WorkerState, _clients, _priority
+from .task_state import (
+    FIRE_AND_FORGET,
+    ClientState,
+    TaskState,
+    WorkerState,
+    _clients,
+    _priority,
+    add_to,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     # The handlers are methods of SchedulerState, written apart from its transition table;
@@ -86,10 +94,8 @@ class EventHandlers(_Base):
                         ts.exception_text = str(ts.exception)
                         continue
                     deps.append(dts)
-                    if dts.dependents is None:
-                        dts.dependents = set()
-                    dts.dependents.add(ts)
-                ts.dependencies = deps
+                    dts.dependents = add_to(dts.dependents, ts)
+                ts.dependencies = tuple(deps)
         for key in ev.wanted:
             ts = tasks.get(key)
             if ts is None:

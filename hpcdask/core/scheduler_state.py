@@ -54,6 +54,7 @@ from .scheduler_events import (
 from .scheduler_handlers import EventHandlers
 from .task_state import (  # noqa: F401 - re-exported: the records belong to this machine
     FIRE_AND_FORGET,
+    SMALL,
     STATES,
     ClientState,
     TaskState,
@@ -62,6 +63,9 @@ from .task_state import (  # noqa: F401 - re-exported: the records belong to thi
     _clients,
     _load,
     _priority,
+    add_to,
+    discard_from,
+    small_collection,
 )
 
 
@@ -232,22 +236,28 @@ class SchedulerState(EventHandlers):
 
     def _released_waiting(self, ts: TaskState) -> None:
         ts.state = "waiting"
-        waiting_on = set()
+        waiting_on = []
         for dts in ts.dependencies or ():
-            if dts.waiters is None:
-                dts.waiters = set()
-            dts.waiters.add(ts)
+            if dts.waiters is None and dts.dependents == (ts,):
+                dts.waiters = dts.dependents  # the same one-member tuple: 48 bytes saved
+            else:
+                dts.waiters = add_to(dts.waiters, ts)
             if dts.state == "memory":
                 continue
             if dts.state == "erred":
                 ts.exception_blame = dts.exception_blame or dts
                 self._rec(ts, "erred")
                 return
-            waiting_on.add(dts)
+            if dts not in waiting_on:
+                waiting_on.append(dts)
             if dts.state == "released":
                 self._rec(dts, "waiting")
         if waiting_on:
-            ts.waiting_on = waiting_on
+            deps = ts.dependencies
+            if deps is not None and len(deps) == len(waiting_on) <= SMALL:
+                ts.waiting_on = deps  # waits on all of them: share the tuple
+            else:
+                ts.waiting_on = small_collection(waiting_on)
         else:
             ts.waiting_on = None
             self._rec(ts, "processing")
@@ -338,9 +348,7 @@ class SchedulerState(EventHandlers):
             # The only copies are gone: dependents that counted on them must wait again.
             for dts in ts.dependents or ():
                 if dts.state == "waiting":
-                    if dts.waiting_on is None:
-                        dts.waiting_on = set()
-                    dts.waiting_on.add(ts)
+                    dts.waiting_on = add_to(dts.waiting_on, ts)
                 elif dts.state in ("processing", "no-worker", "queued"):
                     self._rec(dts, "released")
         for ws in ts.who_has or ():
@@ -368,10 +376,8 @@ class SchedulerState(EventHandlers):
         ts.state = "forgotten"
         self.tasks.pop(ts.key, None)
         for dts in ts.dependencies or ():
-            if dts.dependents is not None:
-                dts.dependents.discard(ts)
-            if dts.waiters is not None:
-                dts.waiters.discard(ts)
+            dts.dependents = discard_from(dts.dependents, ts)
+            dts.waiters = discard_from(dts.waiters, ts)
             if not dts.dependents and not dts._wants:
                 self._rec(dts, "forgotten")
             elif dts.state == "memory" and not self._needed(dts):
@@ -382,7 +388,7 @@ class SchedulerState(EventHandlers):
         """`ts` no longer needs its inputs' data; free inputs that nobody else needs."""
         for dts in ts.dependencies or ():
             if dts.waiters:
-                dts.waiters.discard(ts)
+                dts.waiters = discard_from(dts.waiters, ts)
                 if dts.state == "memory" and not self._needed(dts):
                     self._rec(dts, "released")
 
@@ -428,7 +434,7 @@ class SchedulerState(EventHandlers):
         for dts in ts.dependents or ():
             waiting_on = dts.waiting_on
             if dts.state == "waiting" and waiting_on is not None:
-                waiting_on.discard(ts)
+                waiting_on = dts.waiting_on = discard_from(waiting_on, ts)
                 if not waiting_on:
                     self._rec(dts, "processing")
         self._drop_from_dependencies(ts)

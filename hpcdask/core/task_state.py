@@ -43,6 +43,46 @@ class _Rare:
         extra[self.name] = value
 
 
+SMALL = 8  # members kept in a tuple; beyond this many, a set
+
+
+def add_to(members: Any, x: Any) -> Any:
+    """`members` (None, a tuple or a set) with `x` added; returns the container to keep.
+
+    Most tasks have one dependent and wait on one input: a set costs 216 bytes even for
+    one member, a tuple 48. Tuples stay small (SMALL), so their linear scans stay cheap."""
+    if members is None:
+        return (x,)
+    if type(members) is tuple:
+        if x in members:
+            return members
+        if len(members) < SMALL:
+            return members + (x,)
+        members = set(members)
+    members.add(x)
+    return members
+
+
+def discard_from(members: Any, x: Any) -> Any:
+    """`members` without `x`; None once empty."""
+    if members is None:
+        return None
+    if type(members) is tuple:
+        if x not in members:
+            return members
+        rest = tuple(y for y in members if y is not x)
+        return rest or None
+    members.discard(x)
+    return members or None
+
+
+def small_collection(items: list) -> Any:
+    """A new container for `items` (distinct): None, a tuple or a set."""
+    if not items:
+        return None
+    return tuple(items) if len(items) <= SMALL else set(items)
+
+
 class TaskState:
     """One task; `__slots__`, None for empty collections and a side dict for rarely set
     fields keep a pending task small (the scheduler must hold millions)."""
@@ -69,10 +109,11 @@ class TaskState:
         self.func = func
         self.args = args
         self.priority = priority
-        self.dependencies: list[TaskState] | None = None
-        self.dependents: set[TaskState] | None = None
-        self.waiting_on: set[TaskState] | None = None
-        self.waiters: set[TaskState] | None = None
+        # Small collections are None, a tuple (up to SMALL members) or a set: see add_to.
+        self.dependencies: tuple[TaskState, ...] | None = None
+        self.dependents: Any = None  # tasks that need this one's result
+        self.waiting_on: Any = None  # inputs not in memory yet (while waiting)
+        self.waiters: Any = None  # dependents that still need this one's data
         self.who_has: set[WorkerState] | None = None
         self.processing_on: WorkerState | None = None
         # Clients holding futures: None, one client id (the usual case), or a set of them.
