@@ -162,6 +162,24 @@ class WorkerReleasedKey:
 
 
 @dataclass(slots=True)
+class DropReplicas:
+    """Drop these copies from `worker` (a rebalance moved them); the last copy of a key is
+    never dropped this way."""
+
+    worker: str
+    keys: list
+
+
+@dataclass(slots=True)
+class LongRunning:
+    """A task seceded from its worker's thread pool (it waits on other tasks): it no longer
+    counts against the worker's room, so that tasks it launched can run there."""
+
+    worker: str
+    key: str
+
+
+@dataclass(slots=True)
 class RetireWorkers:
     """These workers should leave once the data only they hold (and someone still needs) is
     copied elsewhere. They get no new tasks from now on. Sent again to re-plan the copies
@@ -192,24 +210,6 @@ class Compute:
     nbytes: dict  # dependency key -> nbytes
     priority: int
     resources: dict | None = None
-
-
-@dataclass(slots=True)
-class DropReplicas:
-    """Drop these copies from `worker` (a rebalance moved them); the last copy of a key is
-    never dropped this way."""
-
-    worker: str
-    keys: list
-
-
-@dataclass(slots=True)
-class LongRunning:
-    """A task seceded from its worker's thread pool (it waits on other tasks): it no longer
-    counts against the worker's room, so that tasks it launched can run there."""
-
-    worker: str
-    key: str
 
 
 @dataclass(slots=True)
