@@ -123,7 +123,11 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
                 address, scheduler_file = None, found
         if scheduler_file is not None:
             from ..utils.schedfile import scheduler_file_exists, wait_for_scheduler_file
-        if scheduler_file is not None and asynchronous and not scheduler_file_exists(scheduler_file):
+        if (
+            scheduler_file is not None
+            and asynchronous
+            and not scheduler_file_exists(scheduler_file)
+        ):
             self._scheduler_file = scheduler_file  # waited for in _start, without blocking
             address = "tcp://scheduler-file-pending:0"
         elif scheduler_file is not None:
