@@ -337,6 +337,8 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
         except (AuthenticationError, ValueError, OSError) as e:  # no secret, bad file, bad address
             click.echo(f"hpcdask worker: {e}", err=True)
             return 1
+        # Before starting: a batch system may stop the job while its workers still start.
+        _on_signals(lambda: [asyncio.ensure_future(s.close()) for s in servers])
         try:
             await asyncio.gather(*(s.start() for s in servers))
         except OSError as e:
@@ -355,7 +357,6 @@ def worker(address: str | None, scheduler_file: str | None, nworkers: str, nthre
                 f.write(servers[0].address + "\n")
         for s in servers:
             log.info("Worker at: %s", s.address)
-        _on_signals(lambda: [asyncio.ensure_future(s.close()) for s in servers])
         await asyncio.gather(*(s.finished() for s in servers))
         for p in nanny_preloads:
             for s in servers:
