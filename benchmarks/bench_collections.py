@@ -110,15 +110,9 @@ def bench_submit(backend: Backend, n: int) -> dict[str, Any]:
         t_client = time.perf_counter() - t0
         _wait_for_count(backend, client, before + 2 * n, 600)
         t_held = time.perf_counter() - t0
-        open(path, "w").close()
-        total = _timed(lambda: y.sum().compute())
-    return {
-        "submit_s": t_held,
-        "client_s": t_client,
-        "roots_s": t_roots,
-        "tasks": n,
-        "finish_s": total,
-    }
+        open(path, "w").close()  # not timed: computing 2n tiny tasks is the "fine" row's subject
+        del y
+    return {"submit_s": t_held, "client_s": t_client, "roots_s": t_roots, "tasks": n}
 
 
 BENCHES = {

@@ -7,7 +7,7 @@ use `('name', i)`); on the wire every key is a string.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from typing import Any
 
 from ..protocol.taskspec import KeyRef
@@ -93,12 +93,23 @@ def graph_to_tasks(dsk: dict) -> list[tuple[str, Any, tuple]]:
     return [(keys[k], _refs(dsk[k], keys)) for k in toposort(dsk)]
 
 
-def flatten_keys(keys: Any) -> Iterable:
-    if type(keys) is list:
-        for k in keys:
-            yield from flatten_keys(k)
-    else:
-        yield keys
+def flatten_keys(keys: Any) -> list:
+    """Keys nested in lists, in order (a loop, not nested generators: persist flattens one
+    list per chunk of a collection)."""
+    out: list = []
+    _flatten(keys, out)
+    return out
+
+
+def _flatten(keys: Any, out: list) -> None:
+    if type(keys) is not list:
+        out.append(keys)
+        return
+    for k in keys:
+        if type(k) is list:
+            _flatten(k, out)
+        else:
+            out.append(k)
 
 
 def pack_results(keys: Any, results: dict) -> Any:
