@@ -233,7 +233,11 @@ class UploadDirectory(WorkerPlugin):
 def _upload_dir(worker: Any) -> str:
     """This worker's own directory for uploads (the local directory is shared per host)."""
     base = getattr(worker, "local_directory", None) or os.getcwd()
-    path = os.path.join(base, f"uploads-{os.environ.get('HPCDASK_NANNY_PID', os.getpid())}")
+    # The nanny's pid survives a restart; the name tells apart the workers of nannies that
+    # share one process (a LocalCluster's), which would otherwise unpack into one directory.
+    owner = os.environ.get("HPCDASK_NANNY_PID", os.getpid())
+    name = str(getattr(worker, "name", "") or "").replace(os.sep, "_")
+    path = os.path.join(base, f"uploads-{owner}-{name}" if name else f"uploads-{owner}")
     os.makedirs(path, exist_ok=True)
     return path
 
