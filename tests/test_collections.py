@@ -354,3 +354,8 @@ def test_p2p_shuffle_and_rechunk_are_refused_by_name(client, df, x):
         df.shuffle("key", shuffle_method="p2p").compute()
     with pytest.raises(NotImplementedError, match="method='tasks'"):
         x.rechunk((60, 1), method="p2p").sum().compute()
+
+
+def test_a_graph_larger_than_one_message_keeps_what_later_chunks_need(client):
+    # 2,500 chunks and their sum travel in three update-graph messages
+    assert (da.ones(2500, chunks=1) + 1).sum().compute() == 5000

@@ -328,17 +328,28 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         """Send tasks; the caller holds Futures for `wanted` first so no report is missed.
 
         Large graphs go in chunks (dependencies first, as given), so that neither side ever
-        holds one huge decoded message: the scheduler's memory stays that of its tasks.
+        holds one huge decoded message: the scheduler's memory stays that of its tasks. What a
+        later chunk needs is held until the last chunk is sent: the scheduler drops a task that
+        nobody wants and nothing depends on yet.
         """
         self._funcs_sent.update(funcs)
         if len(tasks) <= GRAPH_CHUNK:
             self._send({"op": "update-graph", "tasks": tasks, "funcs": funcs, "wanted": wanted})
             return
         wanted_set = set(wanted)
+        chunk_of = {t.key: i // GRAPH_CHUNK for i, t in enumerate(tasks)}
+        pins = []
+        for i, t in enumerate(tasks):
+            for d in t.dependencies or ():
+                c = chunk_of.get(d)
+                if c is not None and c < i // GRAPH_CHUNK and d not in wanted_set:
+                    wanted_set.add(d)
+                    pins.append(Future(d, self))
         for i in range(0, len(tasks), GRAPH_CHUNK):
             chunk = tasks[i : i + GRAPH_CHUNK]
             self._send({"op": "update-graph", "tasks": chunk, "funcs": funcs if i == 0 else {},
                         "wanted": [t.key for t in chunk if t.key in wanted_set]})  # fmt: skip
+        del pins  # released in order, after the last chunk
 
     def submit(self, func: Callable, *args: Any, key: str | None = None, pure: bool = True,
                **kwargs: Any) -> Future:  # fmt: skip

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.taskspec import SCALARS
 from . import graph as graphs
 from .future import Future
 
@@ -246,7 +247,7 @@ class CollectionsMixin:
             o = per_key.get(k, opts)
             tasks.append(self._make_task(template, operands, {}, skey, False, o, funcs))
         if tasks:
-            self._send_tasks(tasks, funcs, new)
+            self._send_graph(tasks, funcs, new)
         return futures
 
     def _submit_plain_graph(self: Client, dsk: dict, keys: Any, opts: dict) -> dict[str, Future]:
@@ -267,29 +268,8 @@ class CollectionsMixin:
         if missing:
             raise KeyError(f"keys {missing} are not in the graph")
         futures = {k: Future(k, self) for k in wanted}
-        self._send_tasks(tasks, funcs, wanted)
+        self._send_graph(tasks, funcs, wanted)
         return futures
-
-    def _send_tasks(self: Client, tasks: list, funcs: dict, wanted: list) -> None:
-        """`_send_graph`, holding what later chunks of a large graph need until they arrived:
-        the scheduler drops a task that nobody wants and nothing depends on yet."""
-        from .client import GRAPH_CHUNK
-
-        if len(tasks) <= GRAPH_CHUNK:
-            self._send_graph(tasks, funcs, wanted)
-            return
-        chunk_of = {t.key: i // GRAPH_CHUNK for i, t in enumerate(tasks)}
-        later: set = set()
-        for i, t in enumerate(tasks):
-            c = i // GRAPH_CHUNK
-            for d in t.dependencies or ():
-                cd = chunk_of.get(d)
-                if cd is not None and cd < c:
-                    later.add(d)
-        held = set(wanted)
-        pins = [Future(k, self) for k in later if k not in held]
-        self._send_graph(tasks, funcs, [*wanted, *(f.key for f in pins)])
-        del pins  # released in order, after the last chunk
 
 
 def collection_args(client: Client, args: tuple, kwargs: dict) -> tuple[tuple, dict, list]:
@@ -305,7 +285,7 @@ def collection_args(client: Client, args: tuple, kwargs: dict) -> tuple[tuple, d
     return args, kwargs, futures
 
 
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex, tuple, list, dict, Future})
+_PLAIN = SCALARS | {tuple, list, dict, Future}
 
 
 def has_collection(args: tuple, kwargs: dict) -> bool:

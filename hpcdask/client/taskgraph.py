@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..protocol.taskspec import KeyRef
+from ..protocol.taskspec import SCALARS, KeyRef
 from ..protocol.templates import Template
 from .graph import stringify
 
 # Operands that are never kept in a template: cheap to send per task, and their identity
 # says nothing (small ints and strings are shared by the interpreter).
-_PER_TASK = frozenset({int, float, str, bytes, bool, type(None), complex, KeyRef})
+_PER_TASK = SCALARS | {KeyRef}
 
 
 class _Walk:
@@ -48,7 +48,7 @@ class _Walk:
 
     def arg(self, a: Any, env: dict | None) -> Any:
         t = type(a)
-        if t in _SCALAR_TYPES:
+        if t in SCALARS:
             return self.op(a)
         if t is _TaskRef:
             return self.ref(a.key, env)
@@ -102,24 +102,37 @@ class _Walk:
         return env2[outkey]
 
 
-def _inner_order(inner: dict, outkey: Any, known: dict) -> list:
-    """Keys of a fused subgraph that `outkey` needs, dependencies first."""
+def _postorder(roots: Iterable, children: Callable[[Any], Any], seen: set) -> list:
+    """Keys reachable from `roots`, each after its children (depth first, no recursion).
+    `children(k)` gives k's children, or None for a key to leave out; `seen` is skipped."""
     order: list = []
-    seen = set(known)
-    stack = [(outkey, False)]
+    stack = [(k, False) for k in reversed(list(roots))]
     while stack:
         k, done = stack.pop()
         if done:
             order.append(k)
             continue
-        if k in seen or k not in inner:
+        if k in seen:
             continue
         seen.add(k)
+        kids = children(k)
+        if kids is None:
+            continue
         stack.append((k, True))
-        v = inner[k]
-        deps = v.dependencies if isinstance(v, _GraphNode) else ()
-        stack.extend((d, False) for d in deps if d not in seen)
+        stack.extend((d, False) for d in kids if d not in seen)
     return order
+
+
+def _inner_order(inner: dict, outkey: Any, known: dict) -> list:
+    """Keys of a fused subgraph that `outkey` needs, dependencies first."""
+
+    def children(k: Any) -> Any:
+        v = inner.get(k)
+        if v is None:
+            return None
+        return v.dependencies if isinstance(v, _GraphNode) else ()
+
+    return _postorder((outkey,), children, set(known))
 
 
 def materialize(dsk: Any) -> tuple[dict, dict]:
@@ -176,32 +189,24 @@ def dependency_order(graph: dict, outs: list, resolve: Resolver) -> tuple[list, 
 
     An output that is an alias of a task nothing else uses runs that task under its own key
     (`resolve.adopted`): dask puts such an alias behind every chunk of a persisted array."""
-    order: list = []
     missing: list = []
-    seen: set = set()
     refs: dict = {}
     keep = resolve.keep
-    stack = [(k, False) for k in reversed(outs)]
-    while stack:
-        k, done = stack.pop()
-        if done:
-            order.append(k)
-            continue
-        if k in seen:
-            continue
-        seen.add(k)
+
+    def children(k: Any) -> Any:
         node = graph.get(k)
         if node is None:
             missing.append(k)
-            continue
-        stack.append((k, True))
+            return None
         if type(node) is _Alias and k in keep:
             deps: Any = (resolve(node.target),)
         else:
             deps = [resolve(d) for d in node.dependencies]
         for d in deps:
             refs[d] = refs.get(d, 0) + 1
-        stack.extend((d, False) for d in deps if d not in seen)
+        return deps
+
+    order = _postorder(outs, children, set())
     dropped = set()
     for k in keep:
         node = graph.get(k)
@@ -306,7 +311,6 @@ def _prefix(key: Any) -> str:
 
 # --------------------------------------------------------------------- dask, loaded on first use
 
-_SCALAR_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 _CONTAINERS: dict = {}
 _CAST = {list: "L", tuple: "T", set: "S"}
 _TaskRef: Any = None

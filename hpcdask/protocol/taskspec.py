@@ -67,12 +67,12 @@ class _CloudArgsPickler(_RefsMixin, filenames_pickler()):  # type: ignore[misc]
     pass
 
 
-_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})  # no future hides in these
 
 
 def dumps_args(args: tuple, kwargs: dict | None) -> tuple[Any, list[str]]:
     """Pickle (args, kwargs); returns the payload and the keys of the futures inside."""
-    if not kwargs and all(type(a) in _SCALARS for a in args):
+    if not kwargs and all(type(a) in SCALARS for a in args):
         # No future can hide in plain scalars: the C pickler alone is 3x faster.
         return pickle.dumps(args, protocol=5), []
     obj = (args, kwargs) if kwargs else args
