@@ -15,6 +15,7 @@ Median of REPS, interleaved.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import statistics
@@ -57,37 +58,23 @@ def disk_write(directory: str, chunks: int, sync: bool = False) -> float:
     return elapsed
 
 
-def run_hpcdask(limit: int, chunks: int, directory: str) -> tuple[float, dict]:
-    from hpcdask import Client, LocalCluster, wait
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, host="127.0.0.1",
-                      dashboard_address=None, local_directory=directory) as c, \
-            Client(c) as client:  # fmt: skip
+def run(backend: str, limit: int, chunks: int, directory: str) -> tuple[float, dict | None]:
+    """One timed run on `backend` ("hpcdask" or "distributed"); hpcdask also reports its
+    worker's memory metrics."""
+    api = importlib.import_module(backend)
+    with api.LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit,
+                          host="127.0.0.1", dashboard_address=None,
+                          local_directory=directory) as c, api.Client(c) as client:  # fmt: skip
         client.wait_for_workers(1)
         start = time.perf_counter()
         data = client.map(make, range(chunks), pure=False)
-        wait(data)
+        api.wait(data)
         sums = client.gather(client.map(total, data, pure=False))
         elapsed = time.perf_counter() - start
         assert abs(sum(sums) - expected(chunks)) < 1e-3 * abs(expected(chunks)), sums
-        metrics = next(iter(client.scheduler_info()["workers"].values()))["metrics"]
-    return elapsed, metrics
-
-
-def run_distributed(limit: int, chunks: int, directory: str) -> float:
-    from distributed import Client, LocalCluster, wait
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit, host="127.0.0.1",
-                      dashboard_address=None, local_directory=directory) as c, \
-            Client(c) as client:  # fmt: skip
-        client.wait_for_workers(1)
-        start = time.perf_counter()
-        data = client.map(make, range(chunks), pure=False)
-        wait(data)
-        sums = client.gather(client.map(total, data, pure=False))
-        elapsed = time.perf_counter() - start
-        assert abs(sum(sums) - expected(chunks)) < 1e-3 * abs(expected(chunks)), sums
-    return elapsed
+        if backend != "hpcdask":
+            return elapsed, None
+        return elapsed, next(iter(client.scheduler_info()["workers"].values()))["metrics"]
 
 
 def main() -> None:
@@ -105,10 +92,10 @@ def main() -> None:
     for _ in range(args.reps):
         rows["disk"].append(disk_write(args.dir, chunks))
         rows["disk-fsync"].append(disk_write(args.dir, chunks, sync=True))
-        t, last_metrics = run_hpcdask(limit, chunks, args.dir)
+        t, last_metrics = run("hpcdask", limit, chunks, args.dir)
         rows["hpcdask"].append(t)
         if not args.no_distributed:
-            rows["distributed"].append(run_distributed(limit, chunks, args.dir))
+            rows["distributed"].append(run("distributed", limit, chunks, args.dir)[0])
     print(f"dataset {nbytes / MIB:.0f} MiB = {chunks} x 50 MiB on one worker with "
           f"memory_limit={args.limit_mib} MiB; median of {args.reps}")  # fmt: skip
     disk = statistics.median(rows["disk"])

@@ -11,50 +11,30 @@ excluded.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 
 
-def fib_hpcdask(n: int) -> int:
-    from hpcdask import get_client, rejoin, secede
-
+def fib(n: int, lib: str) -> int:
+    """One task per call on `lib`'s cluster ("hpcdask" or "distributed")."""
+    api = importlib.import_module(lib)
     if n < 2:
         return n
-    client = get_client()
-    a = client.submit(fib_hpcdask, n - 1, pure=False)
-    b = client.submit(fib_hpcdask, n - 2, pure=False)
-    secede()
+    client = api.get_client()
+    a = client.submit(fib, n - 1, lib, pure=False)
+    b = client.submit(fib, n - 2, lib, pure=False)
+    api.secede()
     result = a.result() + b.result()
-    rejoin()
-    return result
-
-
-def fib_distributed(n: int) -> int:
-    from distributed import get_client, rejoin, secede
-
-    if n < 2:
-        return n
-    client = get_client()
-    a = client.submit(fib_distributed, n - 1, pure=False)
-    b = client.submit(fib_distributed, n - 2, pure=False)
-    secede()
-    result = a.result() + b.result()
-    rejoin()
+    api.rejoin()
     return result
 
 
 def run(lib: str, n: int) -> float:
-    if lib == "hpcdask":
-        from hpcdask import Client, LocalCluster
-
-        fib = fib_hpcdask
-    else:
-        from distributed import Client, LocalCluster
-
-        fib = fib_distributed
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:  # fmt: skip
+    api = importlib.import_module(lib)
+    with api.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                          host="127.0.0.1") as cluster, api.Client(cluster) as client:  # fmt: skip
         start = time.perf_counter()
-        client.submit(fib, n, pure=False).result()
+        client.submit(fib, n, lib, pure=False).result()
         return time.perf_counter() - start
 
 

@@ -217,6 +217,18 @@ def _settled_rss(pid: int, settle: float = 1.0) -> int:
     return _rss(pid)
 
 
+def _memory_result(n: int, rss0: int, rss1: int, t_client: float, t_held: float) -> dict:
+    return {
+        "tasks": n,
+        "rss_before": rss0,
+        "rss_after": rss1,
+        "bytes_per_task": (rss1 - rss0) / n,
+        "client_submit_s": t_client,
+        "submit_s": t_held,
+        "tasks_per_s": n / t_held,
+    }
+
+
 def bench_memory(backend: Backend, n: int, warmup: int, timeout: float = 900) -> dict[str, Any]:
     """A bare scheduler (backend CLI, own process, no workers); RSS delta over n pending tasks."""
     with tempfile.TemporaryDirectory(prefix="hpcdask-bench-") as tmp:
@@ -252,15 +264,7 @@ def bench_memory(backend: Backend, n: int, warmup: int, timeout: float = 900) ->
                 proc.kill()
                 proc.wait()
             log.close()
-    return {
-        "tasks": n,
-        "rss_before": rss0,
-        "rss_after": rss1,
-        "bytes_per_task": (rss1 - rss0) / n,
-        "client_submit_s": t_client,
-        "submit_s": t_held,
-        "tasks_per_s": n / t_held,
-    }
+    return _memory_result(n, rss0, rss1, t_client, t_held)
 
 
 def bench_memory_client(backend: Backend, n: int, warmup: int, timeout: float = 900) -> dict:
@@ -289,15 +293,7 @@ def bench_memory_client(backend: Backend, n: int, warmup: int, timeout: float = 
         gc.collect()
         rss1 = _settled_rss(os.getpid())
         del futures, inputs, warm
-    return {
-        "tasks": n,
-        "rss_before": rss0,
-        "rss_after": rss1,
-        "bytes_per_task": (rss1 - rss0) / n,
-        "client_submit_s": t_client,
-        "submit_s": t_held,
-        "tasks_per_s": n / t_held,
-    }
+    return _memory_result(n, rss0, rss1, t_client, t_held)
 
 
 BENCHES = {

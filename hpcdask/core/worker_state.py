@@ -323,23 +323,11 @@ class WorkerState:
                 return
             if ts.state in ("waiting", "ready", "constrained", "executing"):
                 return
-            # it was only an input we were fetching: now we also compute it
-            ts.func, ts.args, ts.priority, ts.resources = (
-                ev.func,
-                ev.args,
-                ev.priority,
-                ev.resources,
-            )
-            self._transition(ts, "waiting")
+            # otherwise it was only an input we were fetching: now we also compute it
         else:
             ts = self.tasks[ev.key] = WTask(ev.key)
-            ts.func, ts.args, ts.priority, ts.resources = (
-                ev.func,
-                ev.args,
-                ev.priority,
-                ev.resources,
-            )
-            self._transition(ts, "waiting")
+        ts.func, ts.args, ts.priority, ts.resources = ev.func, ev.args, ev.priority, ev.resources
+        self._transition(ts, "waiting")
         stranded = []
         for dkey, addresses in ev.who_has.items():
             dts = self.tasks.get(dkey)
