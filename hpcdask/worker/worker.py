@@ -37,6 +37,7 @@ from ..utils.sizes import parse_bytes, sizeof
 from . import memory
 from .actors import install as install_actors
 from .introspection import install as install_introspection
+from .monitor import Monitoring
 from .secede import _HANDOVER, _hand_over, close_task_client
 
 logger = logging.getLogger("hpcdask.worker")
@@ -63,7 +64,7 @@ def get_worker() -> Worker:
     return w
 
 
-class Worker(Server):
+class Worker(Monitoring, Server):
     def __init__(
         self,
         scheduler_address: str | None = None,
@@ -534,46 +535,6 @@ class Worker(Server):
 
     async def _close_request(self, comm: Comm, msg: dict) -> None:
         asyncio.get_running_loop().call_soon(lambda: self.spawn(self.close("closed by request")))
-
-    async def _heartbeat(self) -> None:
-        proc = psutil.Process()
-        interval = float(config.get("worker.heartbeat-interval", 1.0))
-        while self.status == "running":
-            try:
-                mem = proc.memory_info().rss
-                cpu = proc.cpu_percent()
-            except psutil.Error:
-                mem, cpu = 0, 0.0
-            self._send({"op": "heartbeat", "metrics": {
-                "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
-                "in_memory": len(self.data), "time": time.time(), "status": self.state.status,
-                **memory.metrics(self.data, self.state.nbytes_in_memory),
-            }})  # fmt: skip
-            await asyncio.sleep(interval)
-
-    async def _watch_memory(self) -> None:
-        """Samples process memory for the state machine (spill, pause) every
-        `worker.memory.monitor-interval`; exits when the nanny that started this process is
-        gone (nobody would enforce the memory limit or restart it)."""
-        interval = float(config.get("worker.memory.monitor-interval"))
-        nanny_pid = int(self.nanny) if str(self.nanny or "").isdigit() else 0  # (the CLI's)
-        while self.status == "running":
-            if nanny_pid and os.getppid() != nanny_pid:
-                logger.error("the nanny (pid %d) of worker %s is gone; closing", nanny_pid,
-                             self.address)  # fmt: skip
-                await self.close("nanny gone", exit_code=EXIT_SCHEDULER_GONE)
-                return
-            if self.memory_limit:
-                self._handle(self._memory_sample(), cause="memory-monitor")
-            await asyncio.sleep(interval)
-
-    def _resample(self) -> None:
-        if self.status == "running":
-            self._handle(self._memory_sample(), cause="after spilling")
-
-    def _memory_sample(self) -> ws.MemorySample:
-        mon = self._memory
-        return ws.MemorySample(mon.rss(), mon.managed_in_memory() or self.state.nbytes_in_memory)
 
     async def _retire_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
