@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcdask import Client, LocalCluster
+from hpcdask import Client, LocalCluster, Security
 from hpcdask.jobqueue._testing import requires_slurm
 
 pytestmark = pytest.mark.timeout(120)
@@ -207,6 +207,20 @@ def test_status_page_shows_workers_and_task_stream(browser):
         text = browser.wait_until("document.readyState === 'complete' && document.body.innerText")
         assert "403" in text and "tcp://" not in text
     assert (ARTIFACTS / "dashboard-status.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_status_page_over_https_on_a_tls_cluster(browser):
+    security = Security.temporary()
+    with LocalCluster(n_workers=1, threads_per_worker=1, security=security,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:  # fmt: skip
+        client.gather(client.map(slowinc, range(20)))
+        assert cluster.dashboard_link.startswith("https://")
+        # The temporary CA is in no browser's trust store; a site's CA would be.
+        browser.call("Security.setIgnoreCertificateErrors", ignore=True)
+        browser.call("Page.navigate", session=True, url=cluster.dashboard_link)
+        browser.wait_until("document.querySelectorAll('#memory .row').length === 1")
+        assert browser.evaluate("location.protocol") == "https:"
+        assert browser.errors() == []
 
 
 @pytest.mark.slurm

@@ -80,4 +80,4 @@ def link_from_identity(address: str, info: dict, secret: bytes | None) -> str | 
         host = "127.0.0.1"
     if address.startswith("inproc"):
         host = "127.0.0.1"
-    return format_dashboard_link(host, port, secret)
+    return format_dashboard_link(host, port, secret, info.get("dashboard_scheme") or "http")

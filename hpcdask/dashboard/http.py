@@ -61,15 +61,19 @@ class HTTPServer:
         self.port = 0
         self._conns: set[asyncio.Task] = set()
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port; a taken port falls back to a free one (with a log line)."""
+    async def start(self, host: str, port: int, ssl: Any = None) -> int:
+        """Listen on host:port (HTTPS with an *ssl* context); a taken port falls back to a free
+        one (with a log line)."""
         bind = host or None
+        opts: dict[str, Any] = {"reuse_address": True, "ssl": ssl}
+        if ssl is not None:
+            opts["ssl_handshake_timeout"] = 10.0
         try:
-            self.server = await asyncio.start_server(self._serve, bind, port, reuse_address=True)
+            self.server = await asyncio.start_server(self._serve, bind, port, **opts)
         except OSError as e:
             if port == 0:
                 raise
-            self.server = await asyncio.start_server(self._serve, bind, 0, reuse_address=True)
+            self.server = await asyncio.start_server(self._serve, bind, 0, **opts)
             taken = self.server.sockets[0].getsockname()[1]
             logger.warning("Dashboard port %d is not available (%s); using port %d instead",
                            port, e.strerror or e, taken)  # fmt: skip

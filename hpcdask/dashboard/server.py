@@ -3,6 +3,10 @@
 Every path but `/health` needs the token (`?token=`, a cookie set from it, or an
 `Authorization: Bearer` header); anything else gets 403 and no data. Pages are static HTML and
 JavaScript shipped in the package (`static/`); they poll the JSON routes about once a second.
+
+HTTPS when `dashboard.tls.cert` is set, or when the scheduler itself listens on tls:// or
+wss:// (then with the scheduler's certificate): a cluster that encrypts its traffic does not
+send the dashboard's token in the clear.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from importlib import resources
 from typing import Any
 
+from .. import config
 from . import data
 from .http import HTTPServer, Request, Response
 from .link import dashboard_token, format_dashboard_link
@@ -33,6 +38,20 @@ def static_files() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
 
 
+def web_ssl_context(scheduler: Any) -> Any:
+    """The dashboard's SSLContext, or None for plain HTTP (see the module docstring)."""
+    cert = config.get("dashboard.tls.cert")
+    key = config.get("dashboard.tls.key")
+    encrypted = scheduler.listen_address.startswith(("tls://", "wss://"))
+    if not cert and key:
+        raise ValueError("config dashboard.tls.key is set without dashboard.tls.cert; set both")
+    if not cert and not encrypted:
+        return None
+    from ..security.tls import build_web_context
+
+    return build_web_context(scheduler.security, cert, key)
+
+
 class Dashboard:
     """The HTTP side of a Scheduler; `await Dashboard(scheduler, collector).start(host, port)`."""
 
@@ -44,12 +63,15 @@ class Dashboard:
         self.host = ""
         self.port = 0
         self.cookie = ""
+        self.scheme = "http"
         self._static = static_files()
         self.requests = 0
 
     async def start(self, host: str, port: int) -> Dashboard:
         self.host = host
-        self.port = await self.http.start(host, port)
+        ssl = web_ssl_context(self.scheduler)
+        self.scheme = "https" if ssl is not None else "http"
+        self.port = await self.http.start(host, port, ssl=ssl)
         self.cookie = f"hpcdask-dashboard-{self.port}"
         return self
 
@@ -57,7 +79,8 @@ class Dashboard:
         await self.http.close()
 
     def link(self, host: str) -> str:
-        return format_dashboard_link(host, self.port, self.scheduler.security.secret)
+        return format_dashboard_link(host, self.port, self.scheduler.security.secret,
+                                     self.scheme)  # fmt: skip
 
     # ------------------------------------------------------------ requests
 
@@ -87,8 +110,9 @@ class Dashboard:
                                  "link from `client.dashboard_link` (it carries the token).\n")  # fmt: skip
         response = await self._route(path, req)
         if from_query:
+            secure = "; Secure" if self.scheme == "https" else ""
             response.headers.append(("set-cookie", f"{self.cookie}={self.token}; Path=/; "
-                                     "HttpOnly; SameSite=Strict; Max-Age=2592000"))  # fmt: skip
+                                     f"HttpOnly; SameSite=Strict; Max-Age=2592000{secure}"))  # fmt: skip
         response.headers.append(("cache-control", "no-store"))
         return response
 

@@ -428,7 +428,8 @@ class Scheduler(WorkerLifecycle, Server):
             }  # fmt: skip
         return {"type": "Scheduler", "id": self.id, "address": self.address,
                 "workers": workers, "n_tasks": len(self.state.tasks),
-                "services": {"dashboard": self.dashboard.port} if self.dashboard else {}}  # fmt: skip
+                "services": {"dashboard": self.dashboard.port} if self.dashboard else {},
+                "dashboard_scheme": self.dashboard.scheme if self.dashboard else None}  # fmt: skip
 
     @property
     def dashboard_link(self) -> str | None:

@@ -114,8 +114,34 @@ def build_context(security: Security, role: str, server_side: bool) -> ssl.SSLCo
     memory = security._tls_memory
     if memory:
         ctx.load_verify_locations(cadata=memory["ca"].decode())
+    elif security.tls_ca_file:
+        ctx.load_verify_locations(cafile=security.tls_ca_file)
+    _load_identity(ctx, security, role)
+    return ctx
+
+
+def build_web_context(security: Security | None, cert: str | None = None,
+                      key: str | None = None) -> ssl.SSLContext:  # fmt: skip
+    """The dashboard's HTTPS context: *cert*/*key* files if given, else the scheduler's own
+    certificate. Browsers are not asked for a client certificate (the token is what admits them)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    elif security is not None:
+        _load_identity(ctx, security, "scheduler")
+    else:
+        raise ValueError("the dashboard's HTTPS needs a certificate: set dashboard.tls.cert")
+    return ctx
+
+
+def _load_identity(ctx: ssl.SSLContext, security: Security, role: str) -> None:
+    """Load *role*'s certificate chain (or the first role of its fallbacks that has one)."""
+    memory = security._tls_memory
+    if memory:
         _load_chain_from_memory(ctx, memory["cert"], memory["key"])
-        return ctx
+        return
     if not security.tls_ca_file:
         raise ValueError(
             "tls:// needs certificates: pass Security(tls_ca_file=..., tls_<role>_cert=..., "
@@ -128,6 +154,4 @@ def build_context(security: Security, role: str, server_side: bool) -> ssl.SSLCo
             break
     else:
         raise ValueError(f"tls:// needs a certificate for the {role}: set tls_{role}_cert")
-    ctx.load_verify_locations(cafile=security.tls_ca_file)
     ctx.load_cert_chain(cert, key or None)
-    return ctx
