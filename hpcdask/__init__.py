@@ -22,8 +22,8 @@ from .client import (
 from .client.client import default_client
 from .client.worker_client import get_client, worker_client
 from .client.worker_client import worker_client as local_client  # dask's older name
-from .core.exceptions import FutureCancelledError, KilledWorker
 from .deploy import Cluster, LocalCluster, SpecCluster
+from .exceptions import CancelledError, FutureCancelledError, KilledWorker, Reschedule
 from .plugins import PipInstall, SchedulerPlugin, UploadDirectory, WorkerPlugin
 from .scheduler import Scheduler
 from .security import Security
@@ -70,7 +70,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Cluster", "Future",
-    "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny", "Scheduler",
+    "CancelledError", "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny",
+    "Reschedule", "Scheduler",
     "PipInstall", "SchedulerPlugin", "Security", "SpecCluster", "UploadDirectory", "Worker",
     "WorkerPlugin", "as_completed",
     "fire_and_forget", "futures_of",

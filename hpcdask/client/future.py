@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.exceptions import FutureCancelledError
+from ..exceptions import FutureCancelledError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client

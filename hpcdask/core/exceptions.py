@@ -26,16 +26,10 @@ class KilledWorker(Exception):
         )
 
 
-class FutureCancelledError(Exception):
-    """The result of a future will never arrive because the future was cancelled."""
-
-    def __init__(self, key: str, reason: str | None = None) -> None:
-        self.key = key
-        self.reason = reason
-        super().__init__(key, reason)
-
-    def __str__(self) -> str:
-        return f"{self.key!r} cancelled" + (f": {self.reason}" if self.reason else "")
+class Reschedule(Exception):
+    """Raised by a task to give it back: the scheduler puts it back to be run again (on
+    whichever worker its placement then picks, maybe the same one), not as an error, and
+    its retries are left untouched."""
 
 
 class InvalidTransition(RuntimeError):

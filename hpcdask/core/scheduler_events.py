@@ -171,6 +171,14 @@ class DropReplicas:
 
 
 @dataclass(slots=True)
+class RescheduleTask:
+    """The task raised `Reschedule` on its worker: it runs again, as decided afresh."""
+
+    worker: str
+    key: str
+
+
+@dataclass(slots=True)
 class LongRunning:
     """A task seceded from its worker's thread pool (it waits on other tasks): it no longer
     counts against the worker's room, so that tasks it launched can run there."""

@@ -23,6 +23,7 @@ from .scheduler_events import (
     RemoveClient,
     RemoveWorker,
     ReportToClient,
+    RescheduleTask,
     Restart,
     RetireWorkers,
     RetryKeys,
@@ -332,6 +333,15 @@ class EventHandlers(_Base):
         ts.exception_text = ev.text
         ts.exception_blame = ts
         self._rec(ts, "erred")
+
+    def _reschedule(self, ev: RescheduleTask) -> None:
+        # processing -> released -> waiting: placed again like a new task; neither an error
+        # nor a retry, and the worker has already forgotten it.
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ts is None or ws is None or ts.state != "processing" or ts.processing_on is not ws:
+            return
+        self._rec(ts, "released")
 
     def _data_added(self, ev: DataAdded) -> None:
         ws = self.workers.get(ev.worker)

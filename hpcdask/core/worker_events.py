@@ -38,6 +38,13 @@ class ExecuteFailure:
 
 
 @dataclass(slots=True)
+class RescheduleTask:
+    """The running task raised `Reschedule`: it goes back to the scheduler to run again."""
+
+    key: str
+
+
+@dataclass(slots=True)
 class GatherDone:
     worker: str
     nbytes: dict  # keys received -> nbytes

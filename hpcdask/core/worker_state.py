@@ -12,6 +12,8 @@ Task states on a worker (`WorkerTaskState`):
     tasks to compute:       released -> waiting -> ready (-> constrained while resources are
                             busy) -> executing -> memory | error -> released
                             executing -> cancelled (the scheduler no longer wants the result)
+                            executing -> rescheduled -> released (it raised `Reschedule`:
+                            given back to the scheduler, which runs it again)
 
 Every change goes through `_transition` and the table `TRANSITIONS` below: a pair it lacks
 raises `InvalidTransition` with the key's story. The worker itself is "running" or "paused"
@@ -43,6 +45,7 @@ from .worker_events import (  # the events in and instructions out, re-exported:
     GatherDone,
     GatherFailed,
     MemorySample,
+    RescheduleTask,
     Secede,
     SendToScheduler,
     SpillData,
@@ -50,7 +53,7 @@ from .worker_events import (  # the events in and instructions out, re-exported:
 
 WorkerTaskState = Literal[
     "released", "fetch", "flight", "fetch-cancelled", "missing", "waiting", "ready",
-    "constrained", "executing", "cancelled", "memory", "error",
+    "constrained", "executing", "cancelled", "memory", "error", "rescheduled",
 ]  # fmt: skip
 STATES: frozenset[str] = frozenset(get_args(WorkerTaskState))
 
@@ -71,6 +74,7 @@ TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("ready", "released"),
     ("constrained", "executing"), ("constrained", "memory"), ("constrained", "released"),
     ("executing", "memory"), ("executing", "error"), ("executing", "cancelled"),
+    ("executing", "rescheduled"), ("rescheduled", "released"),
     ("cancelled", "executing"), ("cancelled", "released"), ("cancelled", "memory"),
     ("error", "released"),
     ("memory", "released"),
@@ -153,6 +157,7 @@ class WorkerState:
             FreeKeys: self._free,
             ExecuteSuccess: self._success,
             ExecuteFailure: self._failure,
+            RescheduleTask: self._reschedule,
             GatherDone: self._gather_done,
             GatherFailed: self._gather_failed,
             AddData: self._add_data,
@@ -322,6 +327,21 @@ class WorkerState:
                                           "text": ev.text}))  # fmt: skip
         self._inputs_done(ts)
         self._forget(ts, drop=False)
+
+    def _reschedule(self, ev: RescheduleTask) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None:
+            return
+        self._release_slot(ts)
+        if ts.state == "cancelled":
+            self._forget(ts)
+            return
+        if ts.state != "executing":
+            return
+        self._transition(ts, "rescheduled")
+        self._out.append(SendToScheduler({"op": "reschedule", "key": ts.key}))
+        self._inputs_done(ts)
+        self._transition(ts, "released")
 
     def _gather_done(self, ev: GatherDone) -> None:
         flights = self.in_flight_workers.pop(ev.worker, set())

@@ -332,6 +332,8 @@ class Scheduler(WorkerLifecycle, Server):
                                            msg.get("traceback"), msg.get("text", "")))  # fmt: skip
             elif op == "add-keys":
                 events.append(ev.DataAdded(addr, msg["nbytes"]))
+            elif op == "reschedule":  # the task raised Reschedule
+                events.append(ev.RescheduleTask(addr, msg["key"]))
             elif op == "long-running":  # the task seceded (worker/secede.py)
                 events.append(ev.LongRunning(addr, msg["key"]))
             elif op == "log-event":  # Worker.log_event

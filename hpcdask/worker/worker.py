@@ -24,6 +24,7 @@ import psutil
 from .. import config
 from ..comm import Comm, address_from
 from ..core import worker_state as ws
+from ..core.exceptions import Reschedule
 from ..diagnostics.recorder import TaskRecorder
 from ..protocol import records as rec
 from ..protocol.records import read
@@ -435,6 +436,8 @@ class Worker(Monitoring, Server):
             return ws.ExecuteSuccess(key, nbytes, type(value).__name__, duration)
         if value is None and tb is None:  # skipped: cancelled before it started
             return ws.ExecuteFailure(key, None, None, "cancelled")
+        if isinstance(value, Reschedule):  # given back, not failed (the error path only)
+            return ws.RescheduleTask(key)
         logger.warning("Task %r raised %s: %s", key, type(value).__name__, value)
         try:
             exc = Pickled.dumps(value)
