@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Any
@@ -10,6 +11,7 @@ import psutil
 
 from ..scheduler import Scheduler
 from ..security import Security
+from ..utils.options import LOCAL_CLUSTER, check_options
 from ..worker import Nanny, Worker
 from .spec import SpecCluster
 
@@ -24,6 +26,26 @@ def default_layout(cores: int) -> tuple[int, int]:
     while cores % workers:
         workers -= 1
     return workers, cores // workers
+
+
+def _dask_kwargs(kwargs: dict, processes: bool, host: str | None, scheduler_options: dict | None,
+                 worker_options: dict | None) -> tuple[str | None, dict | None, dict | None]:  # fmt: skip
+    """dask.distributed's extra LocalCluster keywords: `ip` (the host), `scheduler_kwargs`
+    (scheduler_options), and options of the worker class, which go to every worker."""
+    kwargs = dict(kwargs)
+    if "ip" in kwargs:
+        ip = kwargs.pop("ip")
+        host = host or ip
+    if "scheduler_kwargs" in kwargs:
+        scheduler_options = {**(kwargs.pop("scheduler_kwargs") or {}), **(scheduler_options or {})}
+    takes = Nanny.WORKER_OPTIONS if processes else inspect.signature(Worker).parameters
+    extra = {k: kwargs.pop(k) for k in list(kwargs) if k in takes and k != "kwargs"}
+    check_options("LocalCluster", kwargs, LOCAL_CLUSTER,
+                  "the arguments in its signature and the worker's options, e.g. "
+                  + ", ".join(sorted(Nanny.WORKER_OPTIONS)))  # fmt: skip
+    if extra:
+        worker_options = {**extra, **(worker_options or {})}
+    return host, scheduler_options, worker_options
 
 
 class LocalCluster(SpecCluster):
@@ -53,11 +75,8 @@ class LocalCluster(SpecCluster):
         **kwargs: Any,
     ) -> None:
         if kwargs:
-            raise TypeError(
-                f"LocalCluster() got unexpected keyword arguments {sorted(kwargs)}; it accepts "
-                "n_workers, threads_per_worker, processes, memory_limit, host, scheduler_port, "
-                "protocol, interface, security, asynchronous, resources, local_directory, name, "
-                "worker_options, scheduler_options"
+            host, scheduler_options, worker_options = _dask_kwargs(
+                kwargs, processes, host, scheduler_options, worker_options
             )
         cores = os.cpu_count() or 1
         if n_workers is None and threads_per_worker is None:

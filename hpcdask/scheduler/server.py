@@ -30,6 +30,7 @@ from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security, as_secret, new_secret, remove_secret, save_secret
 from ..utils.durations import parse_duration
 from ..utils.logs import LogBuffer
+from ..utils.options import SCHEDULER, check_options
 from .coordination import install as install_coordination
 from .datasets import install as install_datasets
 from .introspection import install as install_introspection
@@ -56,10 +57,17 @@ class Scheduler(WorkerLifecycle, Server):
         worker_ttl: float | str | None = None,
         inproc: bool = False,
         dashboard_address: Any = ":8787",
+        allowed_failures: int | None = None,
+        dashboard: bool = True,
         **kwargs: Any,
     ) -> None:
-        if kwargs:
-            raise TypeError(f"Scheduler() got unexpected keyword arguments {sorted(kwargs)}")
+        """`allowed_failures` and `dashboard` are dask.distributed's names: a task may kill
+        `allowed_failures` workers (= killed_worker_limit); `dashboard=False` turns it off."""
+        check_options("Scheduler", kwargs, SCHEDULER)
+        if allowed_failures is not None:
+            killed_worker_limit = killed_worker_limit or allowed_failures
+        if not dashboard:
+            dashboard_address = None
         if security is None:
             security = Security()
         if not security.secret:

@@ -21,6 +21,7 @@ from .. import config
 from ..comm.core import refused
 from ..rpc import AsyncLifecycle, ConnectionPool
 from ..security import Security
+from ..utils.options import NANNY, check_options
 from ..utils.schedfile import resolve_scheduler
 from .worker import EXIT_RESTART, EXIT_SCHEDULER_GONE, parse_memory_limit
 
@@ -34,6 +35,11 @@ class SchedulerGone(ConnectionError):
 
 
 class Nanny(AsyncLifecycle):
+    #: the worker's options a nanny passes on to the worker process it starts
+    WORKER_OPTIONS = frozenset({"local_directory", "resources", "interface", "protocol", "host",
+                                "port", "death_timeout", "lifetime", "lifetime_stagger",
+                                "preload", "preload_argv"})  # fmt: skip
+
     def __init__(
         self,
         scheduler_address: str | None = None,
@@ -46,12 +52,8 @@ class Nanny(AsyncLifecycle):
         startup_timeout: float = 60,
         **worker_kwargs: Any,
     ) -> None:
-        allowed = {"local_directory", "resources", "interface", "protocol", "host", "port",
-                   "death_timeout", "lifetime", "lifetime_stagger", "preload",
-                   "preload_argv"}  # fmt: skip
-        unknown = set(worker_kwargs) - allowed
-        if unknown:
-            raise TypeError(f"Nanny() got unexpected keyword arguments {sorted(unknown)}")
+        check_options("Nanny", {k: v for k, v in worker_kwargs.items()
+                                if k not in self.WORKER_OPTIONS}, NANNY)  # fmt: skip
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler_address, scheduler_file, security, "Nanny"
         )

@@ -33,6 +33,7 @@ from ..protocol.taskspec import loads_args
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security
 from ..utils.logs import LogBuffer
+from ..utils.options import WORKER, check_options
 from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
 from . import memory
@@ -87,8 +88,7 @@ class Worker(Monitoring, Server):
         plugins: list | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs:
-            raise TypeError(f"Worker() got unexpected keyword arguments {sorted(kwargs)}")
+        check_options("Worker", kwargs, WORKER)
         self.scheduler_address, security = resolve_scheduler(
             scheduler_address, scheduler_file, security, "Worker"
         )
