@@ -118,23 +118,58 @@ def test_site_of_another_system_is_an_error():
         js.job_script("slurm", site="gadi")
 
 
-def test_templates_and_profiles_ship_inside_the_package():
-    """hpcdask/jobscripts and hpcdask/site-configs point at the top-level folders, and
-    pyproject's package-data globs pick their files up for the wheel."""
+PACKAGE_DATA = ("config/sites", "jobqueue/templates")  # folders of files the code reads
+
+
+def test_package_data_are_regular_files_inside_the_package():
+    """The templates and profiles the code reads are plain files in the package (links break in
+    sdists and on some filesystems), and nothing in the package is a link."""
+    import os
     from pathlib import Path
 
     import hpcdask
 
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pkg = Path(hpcdask.__file__).parent
-    data = tomllib.loads((pkg.parent / "pyproject.toml").read_text())
-    globs = data["tool"]["setuptools"]["package-data"]["hpcdask"]
-    assert {"jobscripts/*.j2", "site-configs/*.yaml", "config/*.yaml"} <= set(globs)
-    for pattern in ("jobscripts/*.j2", "site-configs/*.yaml"):
-        shipped = {p.name for p in pkg.glob(pattern)}
-        top = {p.name for p in (pkg.parent / pattern.split("/")[0]).glob(pattern.split("/")[1])}
-        assert shipped == top and shipped
-    assert {"slurm.sh.j2", "pbs.sh.j2", "sge.sh.j2"} <= {p.name for p in pkg.glob("jobscripts/*")}
+    assert PACKAGED == pkg / "config" / "sites" and js.PACKAGED_TEMPLATES.parent == pkg / "jobqueue"
+    for folder in PACKAGE_DATA:
+        files = list((pkg / folder).iterdir())
+        assert files and all(f.is_file() and not f.is_symlink() for f in files), folder
+    assert {"slurm.sh.j2", "pbs.sh.j2", "sge.sh.j2"} <= {
+        p.name for p in js.PACKAGED_TEMPLATES.iterdir()
+    }
+    links = [os.path.join(d, n) for d, dirs, names in os.walk(pkg) for n in dirs + names
+             if os.path.islink(os.path.join(d, n))]  # fmt: skip
+    assert not links
+
+
+@pytest.mark.timeout(180)
+def test_a_built_wheel_contains_the_package_data(tmp_path):
+    """pip builds a wheel from a copy of the sources (not in the shared tree); every template
+    and profile is in it, as a file."""
+    import shutil
+    import stat
+    import zipfile
+    from pathlib import Path
+
+    import hpcdask
+
+    pkg = Path(hpcdask.__file__).parent
+    src = tmp_path / "src"
+    shutil.copytree(pkg, src / "hpcdask", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(pkg.parent / name, src / name)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
+                          "-w", str(tmp_path / "wheel")], capture_output=True, text=True,
+                         timeout=170)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    (wheel,) = (tmp_path / "wheel").glob("hpcdask-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        entries = {i.filename: i.external_attr >> 16 for i in z.infolist()}
+    for folder in PACKAGE_DATA:
+        for f in (pkg / folder).iterdir():
+            name = f"hpcdask/{folder}/{f.name}"
+            assert name in entries, f"{name} is not in the wheel: see pyproject's package-data"
+            assert not stat.S_ISLNK(entries[name])
 
 
 def test_gadi_cluster_script_has_address_and_secret_file_not_the_secret(home):

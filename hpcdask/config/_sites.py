@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ._schema import ConfigError, load_file
 
-PACKAGED = Path(__file__).resolve().parent.parent / "site-configs"
+PACKAGED = Path(__file__).resolve().parent / "sites"  # shipped profiles (package data)
 USER_SITES = "~/.config/hpcdask/sites"
 _REQUIRED = ("name", "system", "description")
 

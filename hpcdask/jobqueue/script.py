@@ -20,7 +20,7 @@ import jinja2
 from hpcdask import config
 from hpcdask.utils.sizes import parse_bytes
 
-PACKAGED_TEMPLATES = Path(__file__).resolve().parent.parent / "jobscripts"
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"  # shipped (package data)
 #: Per system: environment variable holding the job id inside a job (worker names embed it).
 JOB_ID_VARS = {"slurm": "$SLURM_JOB_ID", "pbs": "$PBS_JOBID", "sge": "$JOB_ID"}
 PLACEHOLDER_ADDRESS = "tcp://SCHEDULER-ADDRESS:8786"
