@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,11 @@ from .worker import EXIT_RESTART, EXIT_SCHEDULER_GONE, parse_memory_limit
 logger = logging.getLogger("hpcdask.nanny")
 
 MAX_FAST_FAILURES = 3  # deaths before registering, in a row, before the nanny gives up
+#: How fast a worker's memory may grow, for sampling often enough near the limit: one thread
+#: filling fresh numpy arrays grows by 7 GiB/s in bursts here (transparent huge pages); a few
+#: threads together faster.
+GROWTH_RATE = 16 * 2**30  # bytes per second
+MIN_INTERVAL = 0.001  # seconds: the fastest the nanny samples, right at the limit
 
 
 class SchedulerGone(ConnectionError):
@@ -180,52 +186,44 @@ class Nanny(AsyncLifecycle):
 
     async def _wait_or_outgrow(self, proc: asyncio.subprocess.Process) -> str | None:
         """Wait for the process to end; kill it first if it exceeds `worker.memory.terminate`
-        of its memory limit. Checked every `worker.memory.nanny-interval` (one /proc read, a
-        few microseconds), so that a fast-growing worker does not overshoot by much; the
-        worker is stopped (SIGSTOP) the moment it crosses, the scheduler told why (for
-        KilledWorker), then it is killed."""
+        of its memory limit. A thread samples its memory (`_watch_rss`), not the event loop,
+        which in a LocalCluster also runs the scheduler: a busy scheduler must not let a
+        fast-growing worker past its limit unseen. The worker is stopped (SIGSTOP) the
+        moment it crosses, the scheduler told why (for KilledWorker), then it is killed."""
         fraction = float(config.get("worker.memory.terminate") or 0)
         if not self.memory_limit or not fraction:
             await proc.wait()
             return None
         limit = self.memory_limit * fraction
         interval = float(config.get("worker.memory.nanny-interval"))
-        try:
-            ps = psutil.Process(proc.pid)
-        except psutil.Error:
-            await proc.wait()
-            return None
+        loop = asyncio.get_running_loop()
+        crossed: asyncio.Future = loop.create_future()
+        stop = threading.Event()
+        threading.Thread(target=_watch_rss, args=(proc.pid, limit, interval, stop, loop, crossed),
+                         name=f"nanny-memory-{proc.pid}", daemon=True).start()  # fmt: skip
         waiter = asyncio.ensure_future(proc.wait())
         try:
-            while not waiter.done():
-                await asyncio.wait((waiter,), timeout=interval)
-                if waiter.done():
-                    break
-                try:
-                    rss = ps.memory_info().rss
-                except psutil.Error:
-                    continue
-                if rss > limit:
-                    from ..utils.sizes import format_bytes
-
-                    try:
-                        proc.send_signal(signal.SIGSTOP)  # grows no further while we report
-                    except ProcessLookupError:
-                        pass
-                    reason = (f"worker {self.worker_address} exceeded {fraction:.0%} of its "
-                              f"memory limit ({format_bytes(rss)} > {format_bytes(limit)}); "
-                              "the nanny restarted it")  # fmt: skip
-                    await self._report(reason, worker=self.worker_address, timeout=1.0)
-                    try:
-                        proc.kill()
-                    except ProcessLookupError:
-                        pass
-                    await waiter
-                    return reason
+            await asyncio.wait((waiter, crossed), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not waiter.done():
+            stop.set()
+            if not waiter.done() and not crossed.done():
                 waiter.cancel()
-        return None
+        if waiter.done() or not crossed.done():
+            return None
+        from ..utils.sizes import format_bytes
+
+        rss, peak = crossed.result()
+        reason = (f"worker {self.worker_address} exceeded {fraction:.0%} of its memory limit "
+                  f"({format_bytes(rss)} > {format_bytes(limit)}; peak "
+                  f"{format_bytes(peak)} of a {format_bytes(self.memory_limit)} limit); "
+                  "the nanny restarted it")  # fmt: skip
+        await self._report(reason, worker=self.worker_address, timeout=1.0)
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        await waiter
+        return reason
 
     async def _report(self, text: str, worker: str = "", timeout: float = 10) -> bool:
         """Tell the scheduler why the worker restarts (`worker`: about to die, the reason is
@@ -278,6 +276,78 @@ def decode_security_from_env() -> Security | None:
 
     text = os.environ.pop("HPCDASK_SECURITY", "")
     return pickle.loads(base64.b64decode(text)) if text else None
+
+
+def _watch_rss(pid: int, limit: float, interval: float, stop: threading.Event,
+               loop: asyncio.AbstractEventLoop, crossed: asyncio.Future) -> None:  # fmt: skip
+    """Sample *pid*'s resident memory until *stop*; past *limit*, SIGSTOP it and resolve
+    *crossed* with (the RSS seen, its peak RSS once stopped).
+
+    Every *interval* while there is room, faster as the room shrinks: the gap between samples
+    is the time the room lasts at `GROWTH_RATE` (down to `MIN_INTERVAL`), so that a worker
+    growing that fast is seen within about a millisecond's growth of *limit*. Idle or far
+    below its limit this costs one /proc read per *interval*."""
+    try:
+        read, close = _rss_reader(pid)
+    except (OSError, psutil.Error):
+        return  # it is gone already
+    try:
+        while not stop.is_set():
+            try:
+                rss = read()
+            except (OSError, ValueError, psutil.Error):
+                return  # it is gone
+            if rss > limit:
+                try:
+                    os.kill(pid, signal.SIGSTOP)  # grows no further while the nanny reports
+                except ProcessLookupError:
+                    return
+                result = (rss, _peak_rss(pid, rss))
+                try:
+                    loop.call_soon_threadsafe(_resolve, crossed, result)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
+                return
+            stop.wait(min(interval, max(MIN_INTERVAL, (limit - rss) / GROWTH_RATE)))
+    finally:
+        close()
+
+
+def _resolve(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _rss_reader(pid: int) -> tuple[Any, Any]:
+    """(read, close): a reader of *pid*'s resident bytes. On Linux one `pread` of a kept-open
+    /proc/<pid>/statm (about 2 µs, a fifth of psutil's memory_info); the descriptor stays
+    bound to that process, so a reused pid is never read. psutil elsewhere."""
+    try:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    except OSError:
+        ps = psutil.Process(pid)
+        return (lambda: ps.memory_info().rss), (lambda: None)
+    page = os.sysconf("SC_PAGE_SIZE")
+    return (lambda: int(os.pread(fd, 64, 0).split()[1]) * page), (lambda: os.close(fd))
+
+
+def _peak_rss(pid: int, seen: int) -> int:
+    """The kernel's record of *pid*'s peak resident memory (VmHWM) once the SIGSTOP took
+    effect; *seen* where /proc does not say."""
+    deadline = time.monotonic() + 0.1
+    try:
+        while time.monotonic() < deadline:  # a stop signal takes effect within microseconds
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] in (b"T", b"t", b"Z"):
+                    break
+            time.sleep(0.0002)
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return max(seen, int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return seen
 
 
 def _read_line(fd: int) -> str:
