@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import threading
 import uuid
@@ -24,6 +25,7 @@ from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
+from .admin import ClusterAdmin
 from .collections import (
     CollectionsMixin,
     collection_args,
@@ -72,8 +74,8 @@ def _func_name(func: Any) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, WorkerEnvironment,
-             EventLog, Introspection, ExecutorMixin, SyncAsync):  # fmt: skip
+class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Datasets,
+             WorkerEnvironment, EventLog, Introspection, ExecutorMixin, SyncAsync):  # fmt: skip
     """Connects to a scheduler (or starts a LocalCluster) and submits work to it."""
 
     def __init__(
@@ -113,6 +115,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         self._reader: asyncio.Task | None = None
         self._key_seq = 0
         self._key_base = uuid.uuid4().hex[:12]
+        self._starting: asyncio.Future | None = None  # start() of an asynchronous client
 
         self._scheduler_file = None
         named = isinstance(address, str) and address.replace("-", "_").isidentifier()
@@ -136,6 +139,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
                 security.secret = secret  # keep its TLS settings
             elif secret is not None and not isinstance(security, Security):
                 security = Security(secret=secret)
+        self.scheduler_file = scheduler_file  # write_scheduler_file refuses to replace it
         if address is not None and not isinstance(address, str):
             self.cluster = address  # a Cluster object
             if cluster_kwargs:
@@ -168,8 +172,47 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         else:
             self.loop.call_soon_threadsafe(func, *args)
 
+    def start(self, **kwargs: Any) -> Any:
+        """Connect now: an awaitable for an asynchronous client (started once however often
+        it is awaited); a synchronous client is started by its constructor already."""
+        refuse("start", kwargs)
+        if self.status != "newly-created":
+            return done_awaitable() if self.asynchronous else None
+        if not self.asynchronous:
+            return self._sync(self._start)
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        return self._starting
+
+    def sync(self, func: Callable, *args: Any, asynchronous: bool | None = None,
+             callback_timeout: Any = None, **kwargs: Any) -> Any:  # fmt: skip
+        """`func(*args, **kwargs)` (a coroutine function, or a plain one) run on the client's
+        event loop: its result, or an awaitable for asynchronous use. `callback_timeout`
+        (seconds or e.g. "10s"): a TimeoutError if it takes longer."""
+        from ..utils.durations import parse_duration
+
+        timeout = None if callback_timeout is None else parse_duration(callback_timeout)
+
+        async def call() -> Any:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        if asynchronous or (asynchronous is None and self.asynchronous) or self._in_loop():
+            return asyncio.wait_for(call(), timeout) if timeout is not None else call()
+        try:
+            return get_loop_thread().run_sync(call(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{getattr(func, '__name__', func)!s} did not finish within "
+                               f"callback_timeout={callback_timeout}") from None  # fmt: skip
+
     async def _start(self) -> None:
         if self.status == "running":
+            return
+        starting = self._starting
+        if starting is not None and starting is not asyncio.current_task():
+            await starting  # start() began it: one connection, however often awaited
             return
         self.loop = asyncio.get_running_loop()
         if self._scheduler_file is not None:
@@ -388,10 +431,17 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, Datasets, Worker
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
-        if opts.get("actor") or opts.get("actors"):
-            raise NotImplementedError("map(..., actor=True): hpcdask makes actors one at a time, "
-                                      "with submit(Cls, *args, actor=True)")  # fmt: skip
         items = list(zip(*iterables))
+        if opts.get("actor") or opts.get("actors"):  # one actor per item, as dask's
+            if isinstance(key, (list, tuple)) and len(key) != len(items):
+                raise ValueError(f"map got {len(key)} keys for {len(items)} actors")
+            keys = (
+                list(key)
+                if isinstance(key, (list, tuple))
+                else [f"{key}-{uuid.uuid4().hex}" if isinstance(key, str) else None for _ in items]
+            )
+            return [self.submit(func, *args, key=k, pure=False, **opts, **kwargs)
+                    for args, k in zip(items, keys)]  # fmt: skip
         _held = []
         for i, args in enumerate(items):
             if has_collection(args, kwargs):

@@ -216,6 +216,54 @@ class CollectionsMixin:
         """The Futures of this client inside `obj` (see `hpcdask.futures_of`)."""
         return [f for f in futures_of(obj) if f.client is self]
 
+    def normalize_collection(self: Client, collection: Any) -> Any:
+        """A copy of `collection` whose tasks for keys this client holds futures of are those
+        futures, without the tasks only they needed (as dask.distributed's). Delayed objects
+        and collections with a settable `.dask` graph get the smaller graph; an expression
+        collection (a DataFrame) is rebuilt from the futures when all of its keys are held,
+        and is returned as it is otherwise: compute and persist skip held keys anyway."""
+        if not hasattr(collection, "__dask_graph__"):
+            raise TypeError(f"normalize_collection takes a dask collection, not "
+                            f"{type(collection).__name__}")  # fmt: skip
+        graph = collection.__dask_graph__()
+        held = self._states
+        hits = [k for k in graph if graphs.stringify(k) in held]
+        if not hits:
+            return collection
+        from dask._task_spec import convert_legacy_graph
+
+        dsk = convert_legacy_graph(dict(graph))
+        futures = {k: Future(graphs.stringify(k), self) for k in hits}
+        outs = graphs.flatten_keys(collection.__dask_keys__())
+        kept: dict = {}
+        stack = list(outs)
+        while stack:  # what the outputs need, not looking past held keys
+            k = stack.pop()
+            if k in kept:
+                continue
+            node = futures.get(k) or dsk.get(k)
+            if node is None:
+                continue
+            kept[k] = node
+            if k not in futures:
+                stack.extend(getattr(node, "dependencies", ()))
+        from dask.delayed import Delayed
+
+        if isinstance(collection, Delayed):
+            return Delayed(collection.key, kept, length=getattr(collection, "_length", None))
+        import copy
+
+        out = copy.copy(collection)
+        try:
+            out.dask = kept
+            return out
+        except AttributeError:  # an expression collection: its graph is derived, not set
+            pass
+        if all(k in futures for k in outs):
+            return _rebuild(collection, None, collection.__dask_keys__(),
+                            {graphs.stringify(k): f for k, f in futures.items()})  # fmt: skip
+        return collection
+
     # ---------------------------------------------------------------- graphs to tasks
 
     def _submit_graph(self: Client, dsk: Any, outs: list, opts: dict) -> dict[str, Future]:

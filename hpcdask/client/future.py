@@ -204,6 +204,45 @@ class Future:
     def retry(self) -> Any:
         return self.client.retry([self])
 
+    @property
+    def executor(self) -> Client:
+        """The client of this future (dask.distributed's name: a Client is an executor)."""
+        return self.client
+
+    def bind_client(self, client: Client) -> None:
+        """Hold this future's key through `client` (a client of the same scheduler) from now
+        on. The old client's hold goes once `client` was told the key's state: never is the
+        key held by neither."""
+        old = self.client
+        if client is old:
+            return
+        if client.scheduler_address != old.scheduler_address:
+            raise ValueError(f"bind_client: {client!r} talks to {client.scheduler_address}, "
+                             f"this future's scheduler is {old.scheduler_address}")  # fmt: skip
+        keeper = Future.__new__(Future)  # takes over the old hold, released later
+        keeper.key, keeper.client, keeper._state = self.key, old, self._state
+        keeper._released = self._released
+        new = Future(self.key, client)
+        self.client, self._state, self._released = client, new._state, False
+        new._released = True  # its hold is this future's now
+        client._send({"op": "want-keys", "keys": [self.key]})  # reports the key's state here
+        state = self._state
+        client._call_in_loop(lambda: state.on_done(keeper.release))
+
+    def substitute(self, subs: dict, key: Any = None) -> Any:
+        """dask's task-spec interface (`TaskRef.substitute`): what a reference to this
+        future becomes when graph keys are replaced (itself if its key is not in `subs`)."""
+        if self.key not in subs:
+            return self
+        from dask._task_spec import GraphNode, TaskRef
+
+        value = subs[self.key]
+        if isinstance(value, GraphNode):
+            return value.substitute({}, key=self.key)
+        if isinstance(value, TaskRef) or getattr(value, "__dask_future__", False):
+            return value
+        return TaskRef(value)
+
     def release(self) -> None:
         """Drop this future's hold on its key now (as when it is garbage collected)."""
         if not self._released:

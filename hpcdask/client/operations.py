@@ -8,6 +8,7 @@ from typing import Any
 
 from ..protocol.serialize import Pickled
 from .future import Future
+from .options import refuse
 from .structures import _collect, _workers_list
 
 
@@ -17,8 +18,19 @@ class ClusterOperations:
     def _rpc(self, op: str, **kwargs: Any) -> Any:
         return self._sync(self.pool.call, self.scheduler_address, op, **kwargs)
 
-    def scheduler_info(self, **kwargs: Any) -> Any:
-        return self._rpc("identity")
+    def scheduler_info(self, n_workers: int = -1, **kwargs: Any) -> Any:
+        """The scheduler's identity and its workers' (the first `n_workers` of them; -1: all)."""
+        refuse("scheduler_info", kwargs)
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < -1:
+            raise ValueError(f"n_workers must be -1 (all) or a number of workers >= 0, "
+                             f"not {n_workers!r}")  # fmt: skip
+        return self._sync(self._scheduler_info, n_workers)
+
+    async def _scheduler_info(self, n_workers: int) -> dict:
+        info = await self.pool.call(self.scheduler_address, "identity")
+        if n_workers >= 0:
+            info["workers"] = dict(list(info["workers"].items())[:n_workers])
+        return info
 
     def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
         """{key: [workers holding it]} of these futures, or of every key in memory."""

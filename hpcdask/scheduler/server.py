@@ -31,6 +31,7 @@ from ..security import Security, as_secret, new_secret, remove_secret, save_secr
 from ..utils.durations import parse_duration
 from ..utils.logs import LogBuffer
 from ..utils.options import SCHEDULER, check_options
+from .admin import install as install_admin
 from .coordination import install as install_coordination
 from .datasets import install as install_datasets
 from .introspection import install as install_introspection
@@ -132,6 +133,7 @@ class Scheduler(WorkerLifecycle, Server):
         install_datasets(self)  # publish_dataset & co (scheduler/datasets.py)
         install_coordination(self)  # Lock, Queue, Event... (scheduler/coordination.py)
         install_introspection(self)  # has_what, rebalance... (scheduler/introspection.py)
+        install_admin(self)  # restart_workers, plugin removal, AMM... (scheduler/admin.py)
 
     # ------------------------------------------------------------ lifecycle
 

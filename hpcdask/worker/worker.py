@@ -38,6 +38,7 @@ from ..utils.schedfile import resolve_scheduler
 from ..utils.sizes import parse_bytes, sizeof
 from . import memory
 from .actors import install as install_actors
+from .admin import install as install_admin
 from .introspection import install as install_introspection
 from .monitor import Monitoring
 from .secede import _HANDOVER, _hand_over, close_task_client
@@ -152,6 +153,7 @@ class Worker(Monitoring, Server):
         })  # fmt: skip
         install_introspection(self)  # call stacks, state dump (worker/introspection.py)
         install_actors(self)  # submit(Cls, actor=True) (worker/actors.py)
+        install_admin(self)  # plugin removal, versions, benchmarks (worker/admin.py)
 
     # ------------------------------------------------------------ lifecycle
 
