@@ -38,14 +38,26 @@ NOTES = {
         "span": "no spans; `performance_report` and `get_task_stream`",
     },
     "Client": {
-        "amm": "no active memory manager; `rebalance()` and `replicate()` on request",
-        "get_versions": "one package version everywhere (pip-installed)",
-        "write_scheduler_file": "Scheduler(scheduler_file=...) writes it",
-        "start": "`Client(..., asynchronous=True)` is awaited to start",
-        "sync": "internal of dask.distributed",
-        "normalize_collection": "internal of dask.distributed",
-        "benchmark_hardware": "not implemented",
-        "nbytes": "not implemented",
+        "amm": "one policy, ReduceReplicas (core/amm.py); off until `client.amm.start()`",
+        "benchmark_hardware": "sizes up to 16 MiB, about a second; disk figures include the "
+        "page cache, as dask's",
+        "forward_logging": "records travel through the scheduler's event log",
+        "get_versions": "`check=True`: ValueError when python, hpcdask, cloudpickle, msgpack "
+        "or dask differ, a warning for optional packages",
+        "map": "`actor=True`: one actor per item",
+        "nbytes": "`summary=True` (the default) sums per key prefix",
+        "normalize_collection": "Delayed and `.dask`-settable collections get the smaller "
+        "graph; an expression collection is rebuilt only when all its keys are held",
+        "register_worker_callbacks": "a WorkerPlugin running `setup()` on every worker",
+        "restart_workers": "workers without a nanny are closed (`removed`)",
+        "scheduler_info": "`n_workers=` limits the workers listed",
+        "start": "for asynchronous clients; a synchronous one starts in its constructor",
+        "write_scheduler_file": "owner-only file with the cluster's secret",
+    },
+    "Future": {
+        "bind_client": "moves the hold to another client of the same scheduler",
+        "substitute": "TaskRef's semantics; the Future is a duck-typed dask future "
+        "(`__dask_future__`), not a TaskRef subclass",
     },
     "Worker": {"*": "dask.distributed's server internals; hpcdask's servers differ"},
     "Scheduler": {"*": "dask.distributed's server internals; hpcdask's servers differ"},

@@ -170,8 +170,6 @@ def test_unregister_worker_plugin_runs_teardown(client, tmp_path):
     assert all("teardown-marker" not in n for n in client.run(plugin_names).values())
     with pytest.raises(ValueError, match="no worker plugin named 'teardown-marker'"):
         client.unregister_worker_plugin("teardown-marker")
-    with pytest.raises(NotImplementedError, match="nanny=True"):
-        client.unregister_worker_plugin("x", nanny=True)
 
 
 def test_unregister_scheduler_plugin_runs_close(client, tmp_path):

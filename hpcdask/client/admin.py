@@ -129,25 +129,29 @@ class ClusterAdmin:
 
     def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
         """Remove the worker plugin `name` from every worker (its `teardown` runs) and from
-        those that join later."""
+        those that join later; with `nanny=True` the nanny plugin `name` from every nanny."""
         if nanny:
-            raise NotImplementedError(
-                "unregister_worker_plugin(nanny=True): hpcdask's nannies hold no plugins; "
-                "leave nanny unset to remove a worker plugin"
-            )
+            return self._sync(self._unregister_nanny_plugin, name)
         return self._sync(self._unregister_worker_plugin, name)
+
+    async def _unregister_nanny_plugin(self, name: str) -> dict:
+        from ..rpc import RemoteError
+
+        try:
+            replies = await self.pool.call(self.scheduler_address, "unregister-nanny-plugin",
+                                           name=name)  # fmt: skip
+        except RemoteError as e:
+            if "no nanny plugin named" in str(e):
+                raise ValueError(str(e).split("ValueError: ", 1)[-1]) from None
+            raise
+        return _raise_failed(replies, f"the teardown of nanny plugin {name!r}")
 
     async def _unregister_worker_plugin(self, name: str) -> dict:
         reply = await self.pool.call(self.scheduler_address, "unregister-worker-plugin", name=name)
         if "missing" in reply:
             raise ValueError(f"no worker plugin named {name!r} is registered (registered: "
                              f"{', '.join(reply['missing']) or 'none'})")  # fmt: skip
-        replies = reply["replies"]
-        for addr, r in replies.items():
-            if isinstance(r, dict) and r.get("status") == "error":
-                raise RuntimeError(f"the teardown of worker plugin {name!r} failed on {addr}: "
-                                   f"{r.get('text')}")  # fmt: skip
-        return replies
+        return _raise_failed(reply["replies"], f"the teardown of worker plugin {name!r}")
 
     def unregister_scheduler_plugin(self, name: str) -> Any:
         """Remove the scheduler plugin `name`; its `before_close` and `close` run."""
@@ -252,6 +256,13 @@ class ClusterAdmin:
     async def _unforward_logging(self, name: str) -> dict:
         await _awaited(self.unsubscribe_topic(f"{_FORWARDED}-{name}"))
         return await self._unregister_worker_plugin(name)
+
+
+def _raise_failed(replies: dict, what: str) -> dict:
+    for addr, r in replies.items():
+        if isinstance(r, dict) and r.get("status") == "error":
+            raise RuntimeError(f"{what} failed on {addr}: {r.get('text')}")
+    return replies
 
 
 async def _awaited(result: Any) -> Any:
