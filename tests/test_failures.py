@@ -126,6 +126,8 @@ def test_a_fast_growing_worker_is_stopped_within_a_few_percent_of_its_limit():
 def _raise(kind):
     import sys
 
+    import dask  # noqa: F401 - installs tblib's exception reducers in the worker's process
+
     if kind == "exit":
         sys.exit(3)
     if kind == "interrupt":
@@ -138,14 +140,17 @@ def _raise(kind):
 
 
 @pytest.mark.timeout(60)
-def test_system_exit_and_keyboard_interrupt_in_a_task_are_its_error():
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_system_exit_and_keyboard_interrupt_in_a_task_are_its_error(processes):
     """In a LocalCluster of threads the client's loop thread also runs the scheduler and the
-    worker: a task's SystemExit must come back as that task's error, nothing else stops."""
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, host="127.0.0.1",
+    worker: a task's SystemExit must come back as that task's error, nothing else stops. It
+    comes back whole (`code`), also where dask, loaded in the worker, changed how exceptions
+    pickle."""
+    with LocalCluster(processes=processes, n_workers=1, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
         with pytest.raises(SystemExit) as info:
             client.submit(_raise, "exit").result(timeout=10)
-        assert info.value.args == (3,)
+        assert info.value.args == (3,) and info.value.code == 3
         with pytest.raises(KeyboardInterrupt, match="from a task"):
             client.submit(_raise, "interrupt").result(timeout=10)
         with pytest.raises(BaseException, match="odd"):
@@ -153,6 +158,20 @@ def test_system_exit_and_keyboard_interrupt_in_a_task_are_its_error():
         assert client.submit(slow_square, 4).result(timeout=10) == 16
         with Client(cluster.scheduler_address) as other:  # the scheduler still answers
             assert other.submit(slow_square, 5).result(timeout=10) == 25
+
+
+def test_builtin_exceptions_pickle_whole_after_dask_is_imported():
+    """dask's import makes tblib rebuild exceptions without their __init__: the worker's
+    pickling of a task's error keeps what builtins set from their arguments."""
+    import dask  # noqa: F401
+
+    from hpcdask.protocol.serialize import dumps_exception
+
+    assert dumps_exception(SystemExit(3)).loads().code == 3
+    assert dumps_exception(StopIteration("v")).loads().value == "v"
+    err = dumps_exception(OSError(2, "gone", "/x")).loads()
+    assert (err.errno, err.filename) == (2, "/x")
+    assert dumps_exception(KilledWorker("k", "w", 3)).loads().attempts == 3  # not a builtin
 
 
 async def test_nanny_stops_when_the_scheduler_is_gone_while_it_restarts():

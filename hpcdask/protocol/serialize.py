@@ -141,6 +141,31 @@ def _collector(buffers: list):
     return callback
 
 
+class _BuiltinErrorPickler(pickle.Pickler):
+    """Pickles builtin exceptions by their own reduction, not by a copyreg entry."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and type(obj).__module__ == "builtins":
+            return obj.__reduce_ex__(5)
+        return NotImplemented
+
+
+def dumps_exception(exc: BaseException) -> Pickled:
+    """A task's exception, pickled so that it comes back equal in any process. Importing dask
+    installs tblib's reducers for every exception class; they rebuild a builtin exception
+    without calling its `__init__`, losing what that sets from the arguments
+    (`SystemExit(3).code`, `StopIteration(x).value`). Builtins are pickled by their own
+    reduction instead (the worker sends the traceback's frames separately)."""
+    if type(exc).__module__ == "builtins":
+        f = io.BytesIO()
+        try:
+            _BuiltinErrorPickler(f, protocol=5).dump(exc)
+            return Pickled(f.getvalue())
+        except Exception:
+            pass  # e.g. an argument of a class from __main__: the general path copes
+    return Pickled.dumps(exc)
+
+
 _FILENAMES_PICKLER: Any = None
 
 

@@ -28,7 +28,7 @@ from ..core.exceptions import Reschedule
 from ..diagnostics.recorder import TaskRecorder
 from ..protocol import records as rec
 from ..protocol.records import read
-from ..protocol.serialize import Pickled
+from ..protocol.serialize import Pickled, dumps_exception
 from ..protocol.taskspec import loads_args
 from ..rpc import BatchedSend, ConnectionPool, Server
 from ..security import Security
@@ -442,7 +442,7 @@ class Worker(Monitoring, Server):
             return ws.RescheduleTask(key)
         logger.warning("Task %r raised %s: %s", key, type(value).__name__, value)
         try:
-            exc = Pickled.dumps(value)
+            exc = dumps_exception(value)
         except Exception:
             exc = Pickled.dumps(RuntimeError(f"{type(value).__name__}: {value}"))
         self._notify_plugins(key, "error")
