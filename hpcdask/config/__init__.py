@@ -6,6 +6,12 @@ defaults file, so a misspelt key or a wrong type fails loudly, naming the key an
 
 Batch clusters also read dask's `jobqueue.<system>` (or `jobqueue.<config_name>`) as a layer
 between the site profile and these files (`_dask.py`; only when asked, only if dask is installed).
+dask.distributed's `distributed.worker.memory.*` and `distributed.scheduler.worker-ttl` are a
+layer at the same place for every process (`_dask.DISTRIBUTED_KEYS`).
+
+A process started by a nanny gets its parent's `config.set()` layers and that dask layer
+(`inherited_env()`, checked in the parent and again here), and dask's own configuration as
+dask.distributed passes it (`DASK_INTERNAL_INHERIT_CONFIG`).
 
 Environment: `HPCDASK_A__B_C=value` sets `a.b-c` (value read as a YAML scalar; string-typed keys
 keep the raw text). `HPCDASK_CONFIG` names one more YAML file or folder.
@@ -15,8 +21,11 @@ Batch systems share `jobqueue.common`; `jobqueue.<system>` overrides it, layer b
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,14 +34,17 @@ from ._schema import ConfigError, Typed, load_file, normalize, parse_scalar, val
 from ._sites import find_site, list_sites, load_site
 
 __all__ = ["ConfigError", "get", "set", "refresh", "collect", "sources", "find_site",
-           "list_sites", "load_site", "defaults", "SYSTEMS", "config_paths", "dask_layer"]  # fmt: skip
+           "list_sites", "load_site", "defaults", "SYSTEMS", "config_paths", "dask_layer",
+           "inherited_env"]  # fmt: skip
 
 _DEFAULTS_FILE = Path(__file__).with_name("hpcdask.yaml")
 _ENV_PREFIX = "HPCDASK_"
-_NOT_KEYS = {"HPCDASK_CONFIG", "HPCDASK_READY_FD", "HPCDASK_NANNY_PID"}  # process plumbing
+_INHERIT = "HPCDASK_INTERNAL_INHERIT_CONFIG"  # a nanny's configuration, for its worker
+_NOT_KEYS = {"HPCDASK_CONFIG", "HPCDASK_READY_FD", "HPCDASK_NANNY_PID", _INHERIT}  # plumbing
 _lock = threading.RLock()
 _cache: dict[str, Any] = {}
 _overrides: list[dict] = []  # stack of set() layers, innermost last
+_inherited: dict = {}  # what the parent passed in _INHERIT ("dask": its distributed.* layer)
 
 
 def defaults() -> dict:
@@ -198,12 +210,31 @@ def dask_layer(system: str, section: str | None = None) -> tuple[str, dict] | No
     return source, read_layer({"jobqueue": {system: data}}, source)
 
 
+def _distributed_layer() -> tuple[str, dict] | None:
+    """dask.distributed's keys that mean the same here, as a layer (None: nobody set any).
+    A nanny's worker takes its parent's reading rather than importing dask to ask again."""
+    from . import _dask
+
+    if "dask" in _inherited and "dask.config" not in sys.modules:
+        values = _inherited["dask"]
+    else:
+        values = _dask.distributed_values()
+    if not values:
+        return None
+    data: dict = {}
+    for key, value in values.items():
+        data = _merge(data, _nest(key, value))
+    source = "dask config distributed.*"
+    return source, read_layer(data, source)
+
+
 def sources(site: str | None = None, dask: tuple[str, str | None] | None = None
             ) -> list[tuple[str, dict]]:  # fmt: skip
     """Every layer as (where it came from, validated data), lowest precedence first.
 
-    *dask* = (system, config_name) adds dask's jobqueue section for that system just above the
-    site profile and below hpcdask's own files."""
+    dask's `distributed.*` keys that we share (`_dask.DISTRIBUTED_KEYS`) come just above the
+    site profile and below hpcdask's own files; *dask* = (system, config_name) adds dask's
+    jobqueue section for that system there too."""
     with _lock:
         user = _file_layers() + _env_layers()
         if site is None:
@@ -216,6 +247,9 @@ def sources(site: str | None = None, dask: tuple[str, str | None] | None = None
         if site:
             path = find_site(site, _site_dirs(user))
             layers.append((str(path), read_layer(load_site(path)["config"], str(path))))
+        distributed = _distributed_layer()
+        if distributed is not None:
+            layers.append(distributed)
         if dask is not None:
             layer = dask_layer(*dask)
             if layer is not None:
@@ -244,8 +278,23 @@ def collect(site: str | None = None, dask: tuple[str, str | None] | None = None)
 def _merged() -> dict:
     with _lock:
         if "merged" not in _cache:
+            from . import _dask
+
+            _cache["dask-fingerprint"] = _dask.distributed_fingerprint()
             _cache["merged"] = collect()
         return _cache["merged"]
+
+
+def _dask_watched() -> frozenset:
+    """Our keys that dask's `distributed.*` can set, and the sections above them."""
+    if "watched" not in _cache:
+        from . import _dask
+
+        keys = {ours for ours, _ in _dask.DISTRIBUTED_KEYS.values()}
+        _cache["watched"] = frozenset(
+            {".".join(k.split(".")[:n]) for k in keys for n in range(1, k.count(".") + 2)}
+        )
+    return _cache["watched"]
 
 
 def get(key: str, default: Any = None) -> Any:
@@ -255,6 +304,11 @@ def get(key: str, default: Any = None) -> Any:
         value = _lookup(layer, key)
         if value is not _MISSING:
             return copy.deepcopy(value) if value is not None else default
+    if key in _dask_watched() and "merged" in _cache:
+        from . import _dask
+
+        if _dask.distributed_fingerprint() != _cache.get("dask-fingerprint"):
+            _cache.pop("merged", None)  # a dask.config.set since: read it again
     env = _ENV_PREFIX + key.upper().replace(".", "__").replace("-", "_")
     raw = os.environ.get(env)
     if raw is not None and env not in _NOT_KEYS:
@@ -298,3 +352,102 @@ def refresh() -> None:
     with _lock:
         for k in ("files", "merged"):
             _cache.pop(k, None)
+
+
+def inherited_env() -> dict[str, str]:
+    """Environment variables that give a worker process this process's configuration, read
+    now: the `config.set()` layers and dask's `distributed.*` layer (`HPCDASK_INTERNAL_INHERIT_CONFIG`,
+    JSON) and, when dask is loaded, dask's own configuration as dask.distributed's nanny
+    passes it (what differs from dask's packaged defaults, in `DASK_INTERNAL_INHERIT_CONFIG`).
+
+    Files and environment variables reach the worker by themselves; these would not. A
+    value that is wrong for its key raises ConfigError here, naming it, before any process
+    starts."""
+    with _lock:
+        layer: dict = {}
+        for o in _overrides:
+            layer = _merge(layer, o)
+    payload: dict = {}
+    if layer:
+        payload["set"] = read_layer(layer, "config.set()")
+        _check_json(payload["set"], "config.set()", "")
+    distributed = _distributed_layer()
+    payload["dask"] = _flatten(distributed[1]) if distributed else None
+    env = {_INHERIT: base64.b64encode(json.dumps(payload).encode()).decode()}
+    dask_config = sys.modules.get("dask.config")
+    if dask_config is not None:
+        set_here = _diff(dask_config.config, _dask_defaults(dask_config))
+        if set_here:
+            env["DASK_INTERNAL_INHERIT_CONFIG"] = dask_config.serialize(set_here)
+    return env
+
+
+def _check_json(value: Any, source: str, key: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_json(v, source, key)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f"{source}: {key!r} is a {type(value).__name__}, which cannot be "
+                          "passed to a worker process: give a string, number, list or mapping")  # fmt: skip
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _dask_defaults(dask_config: Any) -> dict:
+    out: dict = {}
+    for layer in getattr(dask_config, "defaults", []):
+        out = dask_config.merge(out, layer)
+    return out
+
+
+def _diff(tree: Any, base: Any) -> Any:
+    """What of *tree* differs from *base* (mappings compared key by key)."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        b = base.get(k, _MISSING) if isinstance(base, dict) else _MISSING
+        if isinstance(v, dict) and isinstance(b, dict):
+            d = _diff(v, b)
+            if d:
+                out[k] = d
+        elif b is _MISSING or b != v:
+            out[k] = v
+    return out
+
+
+def _inherit() -> None:
+    """Take the configuration a nanny passed (`inherited_env`), checked again."""
+    text = os.environ.get(_INHERIT)
+    if not text:
+        return
+    source = f"the nanny's configuration ({_INHERIT})"
+    try:
+        payload = json.loads(base64.b64decode(text))
+    except ValueError as e:
+        raise ConfigError(f"{source}: not valid: {e}") from None
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{source}: expected a mapping, not {type(payload).__name__}")
+    if payload.get("set"):
+        _overrides.insert(0, read_layer(payload["set"], f"{source}, config.set()"))
+    dask_values = payload.get("dask")
+    if dask_values:
+        data: dict = {}
+        for key, value in dask_values.items():
+            data = _merge(data, _nest(key, value))
+        read_layer(data, f"{source}, dask config distributed.*")
+    _inherited["dask"] = dask_values or None
+
+
+_inherit()

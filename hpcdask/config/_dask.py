@@ -5,12 +5,17 @@ dask-jobqueue reads `jobqueue.<config_name>.*` through `dask.config` (its YAML f
 keep only what someone set (not dask-jobqueue's packaged defaults, which dask holds once
 dask_jobqueue is imported) and check it against our schema like any other layer. dask stays
 optional: nothing here runs unless a batch cluster asks, and without dask there is no layer.
+
+dask.distributed's own keys that mean the same here (`distributed.worker.memory.target`, ...,
+`distributed.scheduler.worker-ttl`: `DISTRIBUTED_KEYS`) are read the same way, for every
+process, so that a `distributed.yaml` or a `dask.config.set` carries over.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Any
 
 from ._schema import normalize
@@ -74,3 +79,104 @@ def jobqueue_section(section: str) -> dict | None:
     if out.get("worker-command") in DASK_WORKER_COMMANDS:
         del out["worker-command"]
     return out or None
+
+
+#: dask.distributed's key (under `distributed.`) -> ours, and how its value is read.
+DISTRIBUTED_KEYS = {
+    "worker.memory.target": ("worker.memory.target", "fraction"),
+    "worker.memory.spill": ("worker.memory.spill", "fraction"),
+    "worker.memory.pause": ("worker.memory.pause", "fraction"),
+    "worker.memory.terminate": ("worker.memory.terminate", "fraction"),
+    "worker.memory.monitor-interval": ("worker.memory.monitor-interval", "seconds"),
+    "scheduler.worker-ttl": ("scheduler.worker-ttl", "seconds"),
+}
+
+
+def _find(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return _MISSING
+        if part in tree:
+            tree = tree[part]
+        else:  # dask lets `memory_limit` stand for `memory-limit`
+            tree = next((v for k, v in tree.items() if normalize(k) == part), _MISSING)
+    return tree
+
+
+_MISSING = object()
+
+
+def _convert(key: str, kind: str, value: Any) -> Any:
+    """dask's value for `distributed.<key>` as ours: `False` (dask's "off") is 0, durations
+    such as "100ms" are seconds (a worker-ttl of None: never); anything else is an error."""
+    from ..utils.durations import parse_duration
+    from ._schema import ConfigError
+
+    where = f"dask config distributed.{key}"
+    if kind == "fraction":
+        if value is False:
+            return 0.0
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+        raise ConfigError(f"{where}: must be a fraction of memory_limit between 0 and 1, or "
+                          f"false to turn it off, not {value!r}")  # fmt: skip
+    if value is None or value is False:
+        return 0.0
+    try:
+        seconds = None if isinstance(value, bool) else parse_duration(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds < 0:
+        raise ConfigError(f"{where}: must be a duration (seconds, or e.g. '100ms', '5 minutes'), "
+                          f"not {value!r}")  # fmt: skip
+    return seconds
+
+
+def _dask_config_possible() -> bool:
+    """Whether dask could hold any configuration without importing it to ask (38 ms): it is
+    loaded already, a DASK_* variable is set, or a folder of dask's has files."""
+    if "dask.config" in sys.modules:
+        return True
+    if any(name.startswith("DASK_") for name in os.environ):
+        return True
+    import site
+
+    prefixes = {sys.prefix, *getattr(site, "PREFIXES", [])}
+    dirs = ["/etc/dask", os.path.join(os.path.expanduser("~"), ".config", "dask"),
+            *(os.path.join(p, "etc", "dask") for p in prefixes)]  # fmt: skip
+    return any(os.path.isdir(d) and os.listdir(d) for d in dirs)
+
+
+def distributed_values() -> dict | None:
+    """Our dotted keys -> values, from the `distributed.*` keys of `DISTRIBUTED_KEYS` that
+    someone set in dask's configuration (its files, `DASK_*` variables, `dask.config.set`);
+    None when dask is not installed or nobody set any. As for jobqueue: files and variables
+    count whatever their value, the live configuration only where it differs from them and
+    from distributed's packaged defaults."""
+    if not available() or not _dask_config_possible():
+        return None
+    import dask.config
+
+    files = dask.config.collect(paths=_paths())
+    packaged: dict = {}
+    for layer in getattr(dask.config, "defaults", []):
+        packaged = dask.config.merge(packaged, layer)
+    out: dict = {}
+    for key, (ours, kind) in DISTRIBUTED_KEYS.items():
+        value = _find(files, "distributed." + key)
+        live = _find(dask.config.config, "distributed." + key)
+        if live is not _MISSING and live != value and live != _find(packaged, "distributed." + key):
+            value = live
+        if value is not _MISSING and not (value is None and kind == "fraction"):
+            out[ours] = _convert(key, kind, value)
+    return out or None
+
+
+def distributed_fingerprint() -> Any:
+    """The live values of dask's `DISTRIBUTED_KEYS` (cheap, no import): when it changes, a
+    `dask.config.set` happened and the merged configuration must be read again."""
+    mod = sys.modules.get("dask.config")
+    if mod is None:
+        return None
+    tree = getattr(mod, "config", {})
+    return tuple(repr(_find(tree, "distributed." + key)) for key in DISTRIBUTED_KEYS)
