@@ -55,9 +55,9 @@ def test_losing_the_actors_worker_is_a_clear_error(client):
     client.wait_for_workers(2, timeout=30)
 
 
-def test_map_with_actor_names_what_to_do(client):
-    with pytest.raises(NotImplementedError, match="submit"):
-        client.map(Counter, [1, 2], actor=True)
+def test_map_makes_one_actor_per_item(client):
+    first, second = (f.result() for f in client.map(Counter, [1, 2], actor=True))
+    assert first.key != second.key  # (tests/test_client_api_extra.py has more)
 
 
 def test_executor(client):

@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from hpcdask import Client, LocalCluster
+from hpcdask import Client, Event, FutureCancelledError, LocalCluster
 from hpcdask.plugins import SchedulerPlugin, WorkerPlugin
 from hpcdask.testing.polling import async_wait_for, wait_for
 from hpcdask.utils.versions import mismatches
@@ -335,3 +335,33 @@ def test_restart_workers_and_setup_callbacks(client):
         client.restart_workers(["nope"])
     with pytest.raises(TypeError, match="list of worker"):
         client.restart_workers(new)
+
+
+def wait_event(name):
+    return Event(name).wait(timeout=60)
+
+
+def touch(path):
+    with open(path, "a") as f:
+        f.write("x")
+
+
+def test_options_dask_has_are_honoured_or_refused(client, cluster, tmp_path):
+    assert client.run(touch, str(tmp_path / "ran"), wait=False) is None  # started, not awaited
+    wait_for(lambda: (tmp_path / "ran").exists() and len((tmp_path / "ran").read_text()) == 2,
+             20, what="run(wait=False) on both workers")  # fmt: skip
+    with pytest.raises(ValueError, match="on_error"):
+        client.run(touch, "x", on_error="explode")
+    with pytest.raises(NotImplementedError, match="profile\\(start=, stop=\\)"):
+        client.profile(start=0)
+    with pytest.raises(NotImplementedError, match="wait_for_workers=False"):
+        client.restart(wait_for_workers=False)
+    ev = Event("cancel-me", client=client)
+    f = client.submit(wait_event, "cancel-me", pure=False)
+    f.cancel(reason="test", msg="no longer needed")
+    with pytest.raises(FutureCancelledError, match="test: no longer needed"):
+        f.result(timeout=30)
+    ev.set()  # the task's thread is free again
+    c2 = Client(cluster.scheduler_address, set_as_default=False)
+    c2.close(timeout=5)
+    assert c2.status == "closed"

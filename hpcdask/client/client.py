@@ -23,6 +23,7 @@ from ..protocol.serialize import Pickled
 from ..protocol.taskspec import FunctionCache, dumps_args
 from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
+from ..utils.durations import parse_duration
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
 from . import graph as graphs
 from .admin import ClusterAdmin
@@ -189,8 +190,6 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
         """`func(*args, **kwargs)` (a coroutine function, or a plain one) run on the client's
         event loop: its result, or an awaitable for asynchronous use. `callback_timeout`
         (seconds or e.g. "10s"): a TimeoutError if it takes longer."""
-        from ..utils.durations import parse_duration
-
         timeout = None if callback_timeout is None else parse_duration(callback_timeout)
 
         async def call() -> Any:
@@ -476,7 +475,11 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
     # ------------------------------------------------------------ cancel, retry
 
     def cancel(self, futures: Any, asynchronous: bool | None = None, force: bool = False,
-               reason: str | None = None) -> Any:  # fmt: skip
+               reason: str | None = None, msg: str | None = None) -> Any:  # fmt: skip
+        """Cancel these futures (and what depends on them) for every client holding them:
+        hpcdask's cancel is always dask's `force=True`. `msg` is added to the reason."""
+        if msg:
+            reason = f"{reason or 'cancelled by the client'}: {msg}"
         flat: list[Future] = []
         _collect(futures, flat)
         keys = [f.key for f in flat]
@@ -518,9 +521,9 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
         if self.status in ("closed", "newly-created") and self.stream is None:
             self.status = "closed"
             return done_awaitable() if self.asynchronous else None
-        return self._sync(self._close)
+        return self._sync(self._close, None, 2.0 if timeout is None else parse_duration(timeout))
 
-    async def _close(self, close_cluster: bool | None = None) -> None:
+    async def _close(self, close_cluster: bool | None = None, timeout: float = 2.0) -> None:
         if self.status == "closed":
             return
         self.status = "closing"
@@ -528,7 +531,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
             try:
                 self._flush_outbox()
                 self.stream.send({"op": "close-client"})
-                await asyncio.wait_for(self.stream.close(), 2)
+                await asyncio.wait_for(self.stream.close(), timeout)  # what is queued goes out
             except (OSError, asyncio.TimeoutError):
                 self.stream.abort()
         if self._reader is not None:

@@ -198,8 +198,8 @@ class Future:
         await asyncio.wait_for(self._state.wait(), timeout)
         return self._state.remote_traceback() if self._state.status == "error" else None
 
-    def cancel(self, reason: str | None = None) -> Any:
-        return self.client.cancel([self], reason=reason)
+    def cancel(self, reason: str | None = None, msg: str | None = None, **kwargs: Any) -> Any:
+        return self.client.cancel([self], reason=reason, msg=msg, **kwargs)
 
     def retry(self) -> Any:
         return self.client.retry([self])

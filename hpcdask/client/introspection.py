@@ -136,6 +136,11 @@ class Introspection:
         """A sampled profile of the task threads (or of one task prefix, `key`): a tree of
         {"description", "count", "children"} as dask's, merged over workers."""
         refuse("profile", kwargs, "a profile of the scheduler itself is not sampled")
+        if start is not None or stop is not None:
+            raise NotImplementedError(
+                "profile(start=, stop=): hpcdask's workers keep one profile since their first "
+                "profile request, not a history to cut a time window from"
+            )
         if plot or filename:
             raise NotImplementedError(
                 "profile(plot=..., filename=...): hpcdask returns the profile data only"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ..protocol.serialize import Pickled
+from ..utils.loop import done_awaitable
 from .future import Future
 from .options import refuse
 from .structures import _collect, _workers_list
@@ -59,7 +61,14 @@ class ClusterOperations:
 
     def run(self, function: Callable, *args: Any, workers: Any = None, wait: bool = True,
             nanny: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:  # fmt: skip
-        """`function(*args, **kwargs)` on every (or the given) worker: `{address: result}`."""
+        """`function(*args, **kwargs)` on every (or the given) worker: `{address: result}`;
+        with `wait=False` it is started and None returned at once (errors are only logged)."""
+        if on_error not in ("raise", "return", "ignore"):
+            raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', not {on_error!r}")
+        if not wait:
+            run = self._run(function, args, kwargs, workers, nanny, "ignore")
+            self._call_in_loop(lambda: asyncio.ensure_future(run))
+            return done_awaitable() if self.asynchronous else None
         return self._sync(self._run, function, args, kwargs, workers, nanny, on_error)
 
     async def _run(self, function: Callable, args: tuple, kwargs: dict, workers: Any,
@@ -114,6 +123,11 @@ class ClusterOperations:
 
     def restart(self, timeout: float = 60, wait_for_workers: bool = True) -> Any:
         """Restart every worker (through its nanny) and forget all tasks."""
+        if not wait_for_workers:
+            raise NotImplementedError(
+                "restart(wait_for_workers=False): hpcdask's restart returns once the workers "
+                "are back; restart_workers([...]) restarts some of them"
+            )
         return self._rpc("restart", timeout=timeout)
 
     def retire_workers(self, workers: list | None = None, close_workers: bool = True) -> Any:
