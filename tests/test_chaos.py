@@ -132,6 +132,9 @@ def test_memory_overcommit_spills_and_stays_correct():
         assert sums == [float(i) for i in range(50)]
         metrics = next(iter(client.scheduler_info()["workers"].values()))["metrics"]
         assert metrics["spilled_bytes"] > 100 * 2**20, metrics
+        from hpcdask.dashboard.data import worker_rows  # what the dashboard's workers show
+
+        assert worker_rows(cluster.scheduler)[0]["spilled"] > 100 * 2**20
         again = client.gather(client.map(lambda x: float(x[-1]), data[:5], pure=False))
         assert again == [float(8 * 2**20 // 8 - 1 + i) for i in range(5)]
         assert not [e for e in cluster.scheduler.events if "memory limit" in e[2]]
