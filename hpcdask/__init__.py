@@ -22,12 +22,26 @@ from .client import (
 from .client.client import default_client
 from .client.worker_client import get_client, worker_client
 from .client.worker_client import worker_client as local_client  # dask's older name
-from .deploy import Cluster, LocalCluster, SpecCluster
+from .comm import connect
+from .deploy import Cluster, LocalCluster, SpecCluster, SubprocessCluster
 from .exceptions import CancelledError, FutureCancelledError, KilledWorker, Reschedule
-from .plugins import PipInstall, SchedulerPlugin, UploadDirectory, WorkerPlugin
+from .plugins import (
+    CondaInstall,
+    Environ,
+    InstallPlugin,
+    NannyPlugin,
+    PipInstall,
+    SchedulerPlugin,
+    UploadDirectory,
+    UploadFile,
+    WorkerPlugin,
+)
+from .rpc import Status
 from .scheduler import Scheduler
 from .security import Security
+from .utils.loop import sync
 from .worker import Nanny, Worker, get_worker
+from .worker.printing import print, warn  # noqa: A004 - dask's names: forwarded to clients
 from .worker.secede import rejoin, secede
 
 __version__ = "0.1.0"
@@ -44,6 +58,11 @@ _LAZY = {
     "progress": "hpcdask.diagnostics",
     "performance_report": "hpcdask.diagnostics",
     "get_task_stream": "hpcdask.diagnostics",
+    "get_task_metadata": "hpcdask.diagnostics.spans",
+    "span": "hpcdask.diagnostics.spans",
+    "Adaptive": "hpcdask.deploy.adaptive",
+    "CompatibleExecutor": "hpcdask.client.executor",
+    "dask": "dask",  # the module itself, as `from distributed import dask` gives
     "Lock": "hpcdask.client.primitives",
     "MultiLock": "hpcdask.client.primitives",
     "Semaphore": "hpcdask.client.primitives",
@@ -65,13 +84,15 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'hpcdask' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    found = importlib.import_module(module)
+    return found if module == name else getattr(found, name)
 
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Client", "Cluster", "Future",
     "CancelledError", "FutureCancelledError", "KilledWorker", "LocalCluster", "Nanny",
-    "Reschedule", "Scheduler",
+    "Reschedule", "Scheduler", "SubprocessCluster", "Status", "connect", "sync", "print",
+    "warn", "CondaInstall", "Environ", "InstallPlugin", "NannyPlugin", "UploadFile",
     "PipInstall", "SchedulerPlugin", "Security", "SpecCluster", "UploadDirectory", "Worker",
     "WorkerPlugin", "as_completed",
     "fire_and_forget", "futures_of",

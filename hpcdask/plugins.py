@@ -1,4 +1,5 @@
-"""Base classes for plugins; subclass one and pass an instance to `Client.register_plugin`."""
+"""Base classes for plugins; subclass one and pass an instance to `Client.register_plugin`
+(the one registration path: it sends each kind where it runs)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,41 @@ class SchedulerPlugin:
 
     def close(self) -> None:
         pass
+
+
+class NannyPlugin:
+    """Runs in every nanny (worker/nanny_plugins.py): `setup(nanny)` now and in nannies that
+    start later, before their worker process; `teardown(nanny)` at close. With
+    `restart = True` each nanny restarts its worker after setup (a fresh process sees what
+    setup changed, e.g. `nanny.env`)."""
+
+    name: str | None = None
+    restart: bool = False
+    idempotent: bool = False  # registering one of this name again keeps the first
+
+    def setup(self, nanny: Any) -> None:
+        pass
+
+    def teardown(self, nanny: Any) -> None:
+        pass
+
+
+class Environ(NannyPlugin):
+    """`client.register_plugin(Environ({"OMP_NUM_THREADS": 1}))`: environment variables of
+    every worker process, set by its nanny, which restarts the worker to apply them (and
+    sets them in workers that start later). Workers without a nanny are not reached."""
+
+    restart = True
+
+    def __init__(self, environ: dict | None = None) -> None:
+        if environ is not None and not isinstance(environ, dict):
+            raise TypeError(f"Environ takes a dict of variables, not {environ!r}")
+        self.environ = {str(k): str(v) for k, v in (environ or {}).items()}
+        digest = hashlib.sha1(repr(sorted(self.environ.items())).encode()).hexdigest()
+        self.name = f"environ-{digest[:12]}"
+
+    def setup(self, nanny: Any) -> None:
+        nanny.env.update(self.environ)
 
 
 # ------------------------------------------------------------ the workers' environment
@@ -86,46 +122,104 @@ class _HostLock:
         self._f.close()
 
 
-class PipInstall(WorkerPlugin):
-    """`client.register_plugin(PipInstall(packages=["pkg==1.2", "/path/to/pkg"]))`: pip
-    installs into every worker's Python, once per host; `pip_options=["--no-index", ...]` work
-    offline; `restart_workers=True` restarts each worker (through its nanny) afterwards, for
-    packages already imported or installed as .pth hooks."""
+class InstallPlugin(WorkerPlugin):
+    """`InstallPlugin(install_fn, restart_workers=False)`: `install_fn()` (idempotent) runs
+    on every worker, now and on later ones, one worker per host and environment at a time;
+    `restart_workers=True` then restarts each worker once (through its nanny), for packages
+    already imported or installed as .pth hooks. A failure is an error of
+    `register_plugin`. Unlike dask.distributed's it does not also install into the
+    scheduler's environment: hpcdask's scheduler runs no task code."""
 
-    def __init__(self, packages: list[str], pip_options: list[str] | None = None,
-                 restart_workers: bool = False) -> None:  # fmt: skip
-        if isinstance(packages, str) or not packages:
-            raise TypeError(f"PipInstall needs a list of packages, not {packages!r}")
-        self.packages = list(packages)
-        self.pip_options = list(pip_options or [])
+    def __init__(self, install_fn: Any, restart_workers: bool = False) -> None:
+        if not callable(install_fn):
+            raise TypeError(f"InstallPlugin needs a callable, not {install_fn!r}")
+        self.install_fn = install_fn
         self.restart_workers = restart_workers
-        digest = hashlib.sha1(repr((self.packages, self.pip_options)).encode()).hexdigest()
-        self.name = f"pip-install-{digest[:12]}"
+        if self.name is None:  # subclasses name themselves after what they install
+            self.name = f"install-{hashlib.sha1(repr(install_fn).encode()).hexdigest()[:12]}"
 
     async def setup(self, worker: Any) -> None:
         import asyncio
 
         await asyncio.get_running_loop().run_in_executor(None, self._install)
         if self.restart_workers and _first_time(self.name, worker):  # the fresh process: no again
-            _restart_worker(worker, f"restart after pip install {' '.join(self.packages)}")
+            _restart_worker(worker, f"restart after {self.name}")
 
     def _install(self) -> None:
         import importlib
-        import subprocess
+
+        # One install at a time per environment; later workers find it all done at once.
+        with _HostLock(f"install-{_env_id()}"):
+            self.install_fn()
+        importlib.invalidate_caches()
+
+
+class PipInstall(InstallPlugin):
+    """`client.register_plugin(PipInstall(packages=["pkg==1.2", "/path/to/pkg"]))`: pip
+    installs into every worker's Python, once per host; `pip_options=["--no-index", ...]` work
+    offline; `restart_workers=True` as for `InstallPlugin`."""
+
+    def __init__(self, packages: list[str], pip_options: list[str] | None = None,
+                 restart_workers: bool = False) -> None:  # fmt: skip
         import sys
 
-        # One pip at a time per environment; the workers after the first find it all
-        # satisfied at once.
-        with _HostLock(f"pip-{_env_id()}"):
-            cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-                   *self.pip_options, *self.packages]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+        if isinstance(packages, str) or not packages:
+            raise TypeError(f"PipInstall needs a list of packages, not {packages!r}")
+        self.packages = list(packages)
+        self.pip_options = list(pip_options or [])
+        digest = hashlib.sha1(repr((self.packages, self.pip_options)).encode()).hexdigest()
+        self.name = f"pip-install-{digest[:12]}"
+        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+               *self.pip_options, *self.packages]  # fmt: skip
+        super().__init__(_Command("pip install", self.packages, cmd), restart_workers)
+
+
+class CondaInstall(InstallPlugin):
+    """`client.register_plugin(CondaInstall(packages=["scipy"], conda_options=[...]))`:
+    `conda install --yes` into each worker's environment (`CONDA_EXE`, else `conda` on the
+    PATH); a worker without conda makes `register_plugin` fail saying so."""
+
+    def __init__(self, packages: list[str], conda_options: list[str] | None = None,
+                 restart_workers: bool = False) -> None:  # fmt: skip
+        if isinstance(packages, str) or not packages:
+            raise TypeError(f"CondaInstall needs a list of packages, not {packages!r}")
+        self.packages = list(packages)
+        self.conda_options = list(conda_options or [])
+        digest = hashlib.sha1(repr((self.packages, self.conda_options)).encode()).hexdigest()
+        self.name = f"conda-install-{digest[:12]}"
+        cmd = ["{conda}", "install", "--yes", *self.conda_options, *self.packages]
+        super().__init__(_Command("conda install", self.packages, cmd), restart_workers)
+
+
+class _Command:
+    """An install step that runs a command; `{conda}` in it is the worker's conda."""
+
+    def __init__(self, what: str, packages: list[str], cmd: list[str]) -> None:
+        self.what, self.packages, self.cmd = what, packages, cmd
+
+    def __repr__(self) -> str:
+        return f"<{self.what} {' '.join(self.packages)}>"
+
+    def __call__(self) -> None:
+        import shutil
+        import subprocess
+
+        cmd = list(self.cmd)
+        if cmd[0] == "{conda}":
+            conda = os.environ.get("CONDA_EXE") or shutil.which("conda")
+            if not conda:
+                raise RuntimeError(
+                    f"{self.what} {' '.join(self.packages)}: this worker has no conda (CONDA_EXE "
+                    "is unset and there is no conda on its PATH); use PipInstall, or start "
+                    "the workers in a conda environment"
+                )
+            cmd[0] = conda
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"pip install {' '.join(self.packages)} failed on this worker (exit code "
+                f"{self.what} {' '.join(self.packages)} failed on this worker (exit code "
                 f"{proc.returncode}):\n{(proc.stderr or proc.stdout)[-2000:]}"
             )
-        importlib.invalidate_caches()
 
 
 def _first_time(what: str, worker: Any) -> bool:

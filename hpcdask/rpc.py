@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 from .comm import Comm, CommClosedError, connect, listen
@@ -25,6 +26,24 @@ class RemoteError(RuntimeError):
 
 
 Handler = Callable[..., Awaitable[Any]]
+
+
+class Status(str, Enum):
+    """What `.status` of a Scheduler, Worker, Nanny or cluster says, with dask.distributed's
+    names; hpcdask's statuses are plain strings, and these compare equal to them
+    (`worker.status == Status.running`). dask's others (init, stopping, closing_gracefully,
+    ...) name states hpcdask's servers do not have."""
+
+    created = "created"
+    starting = "starting"
+    running = "running"
+    paused = "paused"  # a worker past its memory pause threshold (`Worker.state.status`)
+    closing = "closing"
+    closed = "closed"
+    failed = "failed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class AsyncLifecycle:

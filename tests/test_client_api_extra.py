@@ -365,3 +365,20 @@ def test_options_dask_has_are_honoured_or_refused(client, cluster, tmp_path):
     c2 = Client(cluster.scheduler_address, set_as_default=False)
     c2.close(timeout=5)
     assert c2.status == "closed"
+
+
+def test_a_scripts_functions_travel_by_value(client, monkeypatch):
+    """What a script (`python script.py`) defines lives in its `__main__`, which a worker
+    process does not have: in a dask graph or among a task's arguments it must be pickled by
+    value, as the task's own function is."""
+    import sys
+
+    from dask import delayed
+
+    def triple(x):
+        return 3 * x
+
+    triple.__module__, triple.__qualname__ = "__main__", "triple_for_test"
+    monkeypatch.setattr(sys.modules["__main__"], "triple_for_test", triple, raising=False)
+    assert delayed(triple)(delayed(triple)(2)).compute() == 18
+    assert client.submit(lambda f, x: f(x), triple, 5).result(timeout=30) == 15

@@ -96,3 +96,9 @@ class ExecutorMixin:
         """A `concurrent.futures.Executor` running on this cluster; `kwargs` are submit's
         options (workers=, resources=, retries=, priority=, pure=...) for every call."""
         return ClientExecutor(self, **kwargs)
+
+
+def CompatibleExecutor(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - dask's name
+    """dask.distributed's old executor class, which it replaced as this does."""
+    raise NotImplementedError("CompatibleExecutor is gone (as in dask.distributed): use "
+                              "client.get_executor(**submit_options)")  # fmt: skip

@@ -111,8 +111,11 @@ class ClusterOperations:
             or getattr(plugin, "name", None)
             or f"{type(plugin).__name__}-{uuid.uuid4().hex[:8]}"
         )
-        from ..plugins import SchedulerPlugin, WorkerPlugin
+        from ..plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 
+        if isinstance(plugin, NannyPlugin):  # to every nanny, before its worker (Environ)
+            return self._rpc("register-nanny-plugin", plugin=Pickled.dumps(plugin), name=name,
+                             idempotent=idempotent or plugin.idempotent)  # fmt: skip
         if isinstance(plugin, SchedulerPlugin) or (
             not isinstance(plugin, WorkerPlugin) and hasattr(plugin, "start")
         ):

@@ -24,6 +24,8 @@ from ..utils.sizes import format_bytes
 
 
 class Cluster(SyncAsync):
+    name: str = "Cluster"  # each instance's own, given to __init__ (dask's `cluster.name`)
+
     def __init__(self, asynchronous: bool = False, security: Security | None = None,
                  scheduler_options: dict | None = None, name: str | None = None,
                  shutdown_on_close: bool = True) -> None:  # fmt: skip
@@ -55,6 +57,48 @@ class Cluster(SyncAsync):
         """Subclasses call this at the end of __init__ to start a synchronous cluster."""
         if not self._asynchronous:
             self._sync(self._start)
+
+    @property
+    def called_from_running_loop(self) -> bool:
+        """Whether the caller runs on this cluster's event loop (then methods return
+        awaitables); outside any loop, whether the cluster is asynchronous."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return self._asynchronous
+
+    def sync(self, func: Any, *args: Any, asynchronous: bool | None = None,
+             callback_timeout: float | None = None, **kwargs: Any) -> Any:  # fmt: skip
+        """`func(*args, **kwargs)` (a coroutine function): awaited on the cluster's loop and
+        its result returned, or its awaitable returned to an asynchronous caller."""
+        if asynchronous is None:
+            asynchronous = self._asynchronous or self._in_loop()
+        if asynchronous:
+            aw = func(*args, **kwargs)
+            return aw if callback_timeout is None else asyncio.wait_for(aw, callback_timeout)
+        from ..utils.loop import get_loop_thread
+
+        return get_loop_thread().run_sync(lambda: func(*args, **kwargs), callback_timeout)
+
+    @classmethod
+    def from_name(cls, name: str, asynchronous: bool = False) -> Cluster:
+        """A handle on the detached cluster called `name` (`hpcdask cluster up --name`, or a
+        JobQueueCluster with name= and shutdown_on_close=False), from any process of its
+        user; closing the handle leaves the cluster running."""
+        from .remote import NamedCluster
+
+        return NamedCluster(name, asynchronous=asynchronous)
+
+    def get_client(self) -> Any:
+        """The current client if it is connected to this cluster, else a new one."""
+        from ..client.collections import current_client
+
+        client = current_client()
+        if client is not None and getattr(client, "cluster", None) is self:
+            return client
+        from ..client import Client
+
+        return Client(self, asynchronous=self._asynchronous)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -164,6 +208,64 @@ class Cluster(SyncAsync):
             self._adaptive.stop()
             self._adaptive = None
         return self._sync(self._scale, n)
+
+    def scale_up(self, n: int | None = None, **kwargs: Any) -> Any:
+        """dask's older name of `scale`: ask for `n` workers."""
+        return self.scale(n, **kwargs)
+
+    def scale_down(self, workers: Any) -> Any:
+        """Stop these workers (names of `self.workers`, or their addresses); their unique
+        data moves to the others first."""
+        if isinstance(workers, (str, int)):
+            workers = [workers]
+        by_address = {getattr(w, "address", None): n for n, w in self.workers.items()}
+        names = []
+        for w in workers:
+            if w in self.workers:
+                names.append(w)
+            elif w in by_address:
+                names.append(by_address[w])
+            else:
+                raise ValueError(f"scale_down: {w!r} is neither the name nor the address of a "
+                                 f"worker of {self.name} (names: {sorted(map(str, self.workers))})")  # fmt: skip
+        if self._adaptive is not None:
+            self._adaptive.stop()
+            self._adaptive = None
+        return self._sync(self._scale_down, names)
+
+    async def _scale_down(self, names: list) -> None:
+        async with self._lock:
+            if self._local:
+                addrs = [a for n in names
+                         if (a := getattr(self.workers[n], "address", None)) in
+                         self.scheduler.state.workers]  # fmt: skip
+                if addrs:
+                    await self.scheduler.retire_workers(addrs, close=False)
+            await self._stop_workers(names)
+
+    @property
+    def plan(self) -> set:
+        """Names of the workers this cluster means to have."""
+        return set(self.workers)
+
+    @property
+    def requested(self) -> set:
+        """Names of the workers it asked for and started (or submitted)."""
+        return set(self.workers)
+
+    @property
+    def observed(self) -> set:
+        """Names of the workers connected to the scheduler now (this cluster's own names
+        where they match, as the scheduler may only know their string form)."""
+        if self.scheduler is None:
+            return set()
+        if self._local:
+            seen = [w.name for w in self.scheduler.state.workers.values()]
+        else:
+            info = self.scheduler.identity() if hasattr(self.scheduler, "identity") else self._info
+            seen = [w.get("name") for w in info["workers"].values()]
+        ours = {str(n): n for n in self.workers}
+        return {ours.get(str(n), n) for n in seen}
 
     async def _scale(self, n: int) -> None:
         async with self._lock:

@@ -132,3 +132,8 @@ class LocalCluster(SpecCluster):
 
     def _threads_per_worker(self) -> int:
         return self.threads
+
+    def start_worker(self, *args: Any, **kwargs: Any) -> None:
+        """Gone from dask.distributed too: workers come from `scale` (one template)."""
+        raise NotImplementedError("cluster.start_worker() was removed (as in dask.distributed): "
+                                  "use cluster.scale(n) or cluster.scale_up(n)")  # fmt: skip

@@ -180,6 +180,14 @@ class SpecCluster(Cluster):
                 f"{len(errors)} of {len(new)} workers failed to start; worker {name!r}: {first}"
             ) from first
 
+    @property
+    def plan(self) -> set:
+        return set(self.worker_spec)
+
+    @property
+    def requested(self) -> set:
+        return {n for n in self.workers if n in self.worker_spec}
+
     # ------------------------------------------------------------ scaling
 
     def scale(self, n: int | None = None, memory: Any = None, cores: int | None = None,

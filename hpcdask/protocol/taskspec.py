@@ -87,6 +87,8 @@ def dumps_args(args: tuple, kwargs: dict | None) -> tuple[Any, list[str]]:
             err = e
             continue
         payload = f.getvalue()
+        if cls is _ArgsPickler and b"__main__" in payload:
+            continue  # a script's function or class, saved by a name workers cannot look up
         if not buffers and not pickler.device:
             return payload, list(dict.fromkeys(deps))
         frames = [b.raw() for b in buffers] + pickler.device

@@ -105,6 +105,11 @@ class CoordinationServer:
             out["lease_timeout"] = self.state.lease_timeout
         return out
 
+    def client_joined(self, client: str) -> None:
+        """Every client gets what tasks print and warn (`hpcdask.print`/`warn`), as each of
+        dask.distributed's subscribes at its start; here without a round trip."""
+        self.apply(*(co.Subscribe(f"event:{topic}", client) for topic in ("print", "warn")))
+
     def log(self, topics: list, msg: Any) -> None:
         """An event logged by a worker (its stream, no reply)."""
         self.apply(co.LogEvent(0, list(topics), msg, time.time()))

@@ -36,6 +36,7 @@ from .coordination import install as install_coordination
 from .datasets import install as install_datasets
 from .introspection import install as install_introspection
 from .lifecycle import WorkerLifecycle
+from .nanny_plugins import install as install_nanny_plugins
 
 logger = logging.getLogger("hpcdask.scheduler")
 
@@ -133,6 +134,7 @@ class Scheduler(WorkerLifecycle, Server):
         install_datasets(self)  # publish_dataset & co (scheduler/datasets.py)
         install_coordination(self)  # Lock, Queue, Event... (scheduler/coordination.py)
         install_introspection(self)  # has_what, rebalance... (scheduler/introspection.py)
+        install_nanny_plugins(self)  # NannyPlugin, Environ (scheduler/nanny_plugins.py)
         install_admin(self)  # restart_workers, plugin removal, AMM... (scheduler/admin.py)
 
     # ------------------------------------------------------------ lifecycle
@@ -375,6 +377,7 @@ class Scheduler(WorkerLifecycle, Server):
         bs = BatchedSend(comm)
         self.client_streams[client] = bs
         self.apply(ev.AddClient(client), stimulus_id=self._stimulus("register-client", client))
+        self.coordination.client_joined(client)
         try:
             while True:
                 batch = await comm.recv()

@@ -101,6 +101,33 @@ def _shutdown() -> None:  # pragma: no cover - interpreter exit
         _loop_thread.stop()
 
 
+def sync(loop: Any, func: Callable[..., Awaitable[T]], *args: Any,
+         callback_timeout: float | None = None, **kwargs: Any) -> T:  # fmt: skip
+    """dask.distributed's `sync`: from another thread, run `func(*args, **kwargs)` on the
+    event loop `loop` (running in its own thread, as hpcdask's background loop does) and
+    return its result; its error is raised here, and so is TimeoutError after
+    `callback_timeout` seconds (the coroutine is then cancelled)."""
+    loop = getattr(loop, "asyncio_loop", loop)  # a tornado IOLoop, as dask passes one
+    if isinstance(loop, LoopThread):
+        loop = loop.loop
+    if loop.is_closed():
+        raise RuntimeError("sync(): the event loop is closed")
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        raise RuntimeError("sync() called from the event loop's own thread: use await")
+    fut = asyncio.run_coroutine_threadsafe(_ensure_coro(func(*args, **kwargs)), loop)
+    try:
+        return fut.result(callback_timeout)
+    except TimeoutError:
+        fut.cancel()
+        raise TimeoutError(f"sync(): timed out after {callback_timeout} s") from None
+    except _Carried as carried:
+        raise carried.exc.with_traceback(carried.exc.__traceback__) from None
+
+
 async def _nothing() -> None:
     return None
 

@@ -20,10 +20,11 @@ import psutil
 
 from .. import config
 from ..comm.core import refused
-from ..rpc import AsyncLifecycle, ConnectionPool
+from ..rpc import ConnectionPool, Server
 from ..security import Security
 from ..utils.options import NANNY, check_options
 from ..utils.schedfile import resolve_scheduler
+from .nanny_plugins import NannyPluginHost
 from .worker import EXIT_RESTART, EXIT_SCHEDULER_GONE, parse_memory_limit
 
 logger = logging.getLogger("hpcdask.nanny")
@@ -40,7 +41,7 @@ class SchedulerGone(ConnectionError):
     """Nobody listens at the scheduler's address any more: restarting the worker is pointless."""
 
 
-class Nanny(AsyncLifecycle):
+class Nanny(NannyPluginHost, Server):
     #: the worker's options a nanny passes on to the worker process it starts
     WORKER_OPTIONS = frozenset({"local_directory", "resources", "interface", "protocol", "host",
                                 "port", "death_timeout", "lifetime", "lifetime_stagger",
@@ -63,6 +64,7 @@ class Nanny(AsyncLifecycle):
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler_address, scheduler_file, security, "Nanny"
         )
+        Server.__init__(self, self.security)  # it serves only nanny-plugin calls
         self.nthreads = int(nthreads or os.cpu_count() or 1)
         self.name = name
         self.memory_limit = parse_memory_limit(memory_limit, 1)
@@ -76,6 +78,7 @@ class Nanny(AsyncLifecycle):
         self._monitor: asyncio.Task | None = None
         self._finished: asyncio.Event | None = None
         self._pool: ConnectionPool | None = None
+        self._init_plugins()
 
     @property
     def address(self) -> str:
@@ -107,6 +110,7 @@ class Nanny(AsyncLifecycle):
             return self
         self._finished = asyncio.Event()
         self._pool = ConnectionPool(security=self.security, timeout=5)
+        await self._start_plugins()  # before the worker: Environ & co. shape its process
         await self._spawn()
         self.status = "running"
         self._monitor = asyncio.ensure_future(self._watch())
@@ -157,10 +161,11 @@ class Nanny(AsyncLifecycle):
             code = proc.returncode
             if self.status != "running":
                 break
-            if code in (0, EXIT_SCHEDULER_GONE) and reason is None:
+            asked = self._restart_requested()  # a nanny plugin's restart
+            if code in (0, EXIT_SCHEDULER_GONE) and reason is None and not asked:
                 logger.info("worker %s exited (code %s); nanny stops", self.worker_address, code)
                 break
-            if code != EXIT_RESTART:
+            if code != EXIT_RESTART and not asked:
                 reported = reason is not None  # (a memory kill was reported before the kill)
                 reason = reason or f"worker process {proc.pid} died with exit code {code}"
                 logger.warning("%s; restarting", reason)
@@ -172,6 +177,7 @@ class Nanny(AsyncLifecycle):
             try:
                 await self._spawn()
                 fast_failures = 0
+                self._after_respawn()
             except SchedulerGone as e:
                 logger.info("%s; nanny stops", e)
                 break
@@ -252,6 +258,7 @@ class Nanny(AsyncLifecycle):
                 await proc.wait()
         if self._monitor is not None:
             self._monitor.cancel()
+        await self._close_plugins()
         if self._pool is not None:
             await self._pool.close()
         self.status = "closed"
