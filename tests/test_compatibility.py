@@ -67,4 +67,4 @@ def test_future_release(client):
     key = f.key
     f.release()
     f.release()  # once only
-    assert key not in client._refcount
+    assert key not in client._states

@@ -103,9 +103,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
         self.timeout = timeout or float(config.get("comm.timeouts.connect", 30))
         self.direct_to_workers = direct_to_workers
         self.scheduler_info_cache: dict = {}
-        self._states: dict[str, FutureState] = {}
+        self._states: dict[str, FutureState] = {}  # each counts its Futures (refs)
         self._stream_handlers: dict[str, Callable[[dict], None]] = {}
-        self._refcount: dict[str, int] = {}
         from ..worker.printing import install_client_handlers  # hpcdask.print/warn in tasks
 
         install_client_handlers(self)  # print and warn here too
@@ -297,17 +296,15 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
             st = self._states[key] = FutureState(key)
         return st
 
-    def _incref(self, key: str) -> None:
-        self._refcount[key] = self._refcount.get(key, 0) + 1
-
-    def _decref(self, key: str) -> None:
+    def _decref(self, st: FutureState) -> None:
+        """A Future of `st` was released; the last one releases the key."""
+        key = st.key
         with self._lock:
-            n = self._refcount.get(key, 0) - 1
-            if n > 0:
-                self._refcount[key] = n
+            st.refs -= 1
+            if st.refs > 0:
                 return
-            self._refcount.pop(key, None)
-            self._states.pop(key, None)
+            if self._states.get(key) is st:
+                del self._states[key]
         if self.status == "running":
             self._enqueue(None, release=key)
 
@@ -425,7 +422,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
 
     def map(self, func: Callable, *iterables: Iterable, key: str | list | None = None,
             pure: bool = True, batch_size: int | None = None, **kwargs: Any) -> list[Future]:  # fmt: skip
-        """`submit(func, *items)` for items taken in step from `iterables`; one message in all."""
+        """`submit(func, *items)` for items taken in step from `iterables`, sent in chunks of
+        GRAPH_CHUNK tasks (if an argument fails to pickle, the chunks sent before are released)."""
         if not callable(func):
             raise TypeError(
                 f"the first argument of map must be a callable, not {type(func).__name__}"
@@ -454,21 +452,24 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
             if len(key) != len(items):
                 raise ValueError(f"map got {len(key)} keys for {len(items)} tasks")
             keys = list(key)
+        # Tasks go out in chunks as they are made: no map ever holds all its records at once
+        # (tasks of one map do not depend on each other, so no chunk waits for a later one).
         funcs: dict = {}
-        tasks = []
-        out_keys = []
-        seen = set()
+        chunk: list = []
+        futures = []
+        states = self._states
         for args, k in zip(items, keys):
             task = self._make_task(func, args, kwargs, k, pure, opts, funcs)
             if isinstance(key, str):
                 task = task._replace(key=f"{key}-{task.key.rsplit('-', 1)[-1]}")
-            out_keys.append(task.key)
-            if task.key not in seen and task.key not in self._states:
-                seen.add(task.key)
-                tasks.append(task)
-        futures = [Future(k, self) for k in out_keys]
-        if tasks:
-            self._send_graph(tasks, funcs, [t.key for t in tasks])
+            if task.key not in states:  # else submitted before, or earlier in this map
+                chunk.append(task)
+            futures.append(Future(task.key, self))  # before the send: no report is missed
+            if len(chunk) == GRAPH_CHUNK:
+                self._send_graph(chunk, funcs, [t.key for t in chunk])
+                chunk, funcs = [], {}
+        if chunk:
+            self._send_graph(chunk, funcs, [t.key for t in chunk])
         return futures
 
     async def _get_results(self, keys: Any, wanted: list, futures: list) -> Any:

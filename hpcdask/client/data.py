@@ -64,7 +64,7 @@ class DataMovement:
             # A holder vanished: find another copy, or wait for the recomputation.
             lost = [f._state for f in todo if f._state.status == "finished"]
             for st in lost:
-                st.workers = []
+                st.workers = None
             await self._locate(lost)
             for st in lost:
                 if not st.workers:
@@ -77,7 +77,7 @@ class DataMovement:
             who = await self.pool.call(self.scheduler_address, "who-has",
                                        keys=[st.key for st in states])  # fmt: skip
             for st in states:
-                st.workers = who.get(st.key) or []
+                st.workers = who.get(st.key) or None
 
     async def _fetch(self, worker: str, keys: list[str]) -> dict:
         try:

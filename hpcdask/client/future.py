@@ -29,65 +29,106 @@ class RemoteTraceback(Exception):
         return "\n\nTraceback on the worker:\n" + self.text
 
 
+class _Waits:
+    """What waits on a FutureState: made on the first wait, as few futures are waited on singly."""
+
+    __slots__ = ("tev", "aev", "callbacks")
+
+    def __init__(self) -> None:
+        self.tev: threading.Event | None = None
+        self.aev: asyncio.Event | None = None
+        self.callbacks: list | None = None
+
+
 class FutureState:
-    __slots__ = ("key", "status", "exception", "traceback", "text", "type", "workers",
-                 "reason", "data", "_tev", "_aev", "_callbacks")  # fmt: skip
+    """One key's status, shared by its Futures, which `refs` counts.
+
+    A client holds one per pending task, so it is small: rarely set fields share one slot
+    (`_error`: exception, traceback, text, reason), waiters are made on first use, and
+    `workers` is None until the result's holders are known."""
+
+    __slots__ = ("key", "status", "type", "workers", "data", "refs", "_error", "_waits")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.status = "pending"
-        self.exception: Any = None
-        self.traceback: Any = None
-        self.text = ""
         self.type = ""
-        self.workers: list[str] = []
-        self.reason = ""
+        self.workers: list[str] | None = None
         self.data: Any = None  # a small result sent along with the report, still pickled
-        self._tev: threading.Event | None = None
-        self._aev: asyncio.Event | None = None
-        self._callbacks: list | None = None
+        self.refs = 0  # Futures holding this key (Client._decref drops the state at 0)
+        self._error: tuple | None = None  # (exception, traceback, text, reason)
+        self._waits: _Waits | None = None
+
+    @property
+    def exception(self) -> Any:
+        return None if self._error is None else self._error[0]
+
+    @property
+    def traceback(self) -> Any:
+        return None if self._error is None else self._error[1]
+
+    @property
+    def text(self) -> str:
+        return "" if self._error is None else self._error[2]
+
+    @property
+    def reason(self) -> str:
+        return "" if self._error is None else self._error[3]
 
     def done(self) -> bool:
         return self.status != "pending"
 
     def finish(self, typename: str = "", workers: list | None = None, data: Any = None) -> None:
         self.type = typename
-        self.workers = list(workers or ())
+        self.workers = list(workers) if workers else None
         self.data = data
         self._set("finished")
 
     def fail(self, exception: Any, traceback: Any, text: str) -> None:
-        self.exception, self.traceback, self.text = exception, traceback, text
+        self._error = (exception, traceback, text, "")
         self._set("error")
 
     def cancel(self, reason: str = "") -> None:
-        self.reason = reason
+        e = self._error
+        self._error = (None, None, "", reason) if e is None else e[:3] + (reason,)
         self._set("cancelled")
 
     def reset(self) -> None:
         """The data was lost; it is being recomputed."""
         self.status = "pending"
-        self.workers = []
+        self.workers = None
         self.data = None
-        if self._tev is not None:
-            self._tev.clear()
-        if self._aev is not None:
-            self._aev.clear()
+        w = self._waits
+        if w is not None:
+            if w.tev is not None:
+                w.tev.clear()
+            if w.aev is not None:
+                w.aev.clear()
 
     def _set(self, status: str) -> None:
         self.status = status
-        if self._tev is not None:
-            self._tev.set()
-        if self._aev is not None:
-            self._aev.set()
-        callbacks, self._callbacks = self._callbacks, None
+        w = self._waits
+        if w is None:
+            return
+        if w.tev is not None:
+            w.tev.set()
+        if w.aev is not None:
+            w.aev.set()
+        callbacks, w.callbacks = w.callbacks, None
         for cb in callbacks or ():
             cb()
 
+    def _waiting(self) -> _Waits:
+        w = self._waits
+        if w is None:
+            w = self._waits = _Waits()
+        return w
+
     def thread_event(self) -> threading.Event:
-        ev = self._tev
+        w = self._waiting()
+        ev = w.tev
         if ev is None:
-            ev = self._tev = threading.Event()
+            ev = w.tev = threading.Event()
         if self.status != "pending":
             ev.set()
         return ev
@@ -95,9 +136,10 @@ class FutureState:
     async def wait(self) -> None:
         if self.status != "pending":
             return
-        ev = self._aev
+        w = self._waiting()
+        ev = w.aev
         if ev is None:
-            ev = self._aev = asyncio.Event()
+            ev = w.aev = asyncio.Event()
         while self.status == "pending":
             await ev.wait()
             if self.status == "pending":
@@ -107,9 +149,10 @@ class FutureState:
         if self.status != "pending":
             callback()
         else:
-            if self._callbacks is None:
-                self._callbacks = []
-            self._callbacks.append(callback)
+            w = self._waiting()
+            if w.callbacks is None:
+                w.callbacks = []
+            w.callbacks.append(callback)
 
     def error_to_raise(self) -> BaseException:
         if self.status == "cancelled":
@@ -120,7 +163,7 @@ class FutureState:
                 exc = exc.loads()
             except Exception as e:  # the exception class may not exist on the client
                 exc = RuntimeError(f"{self.text} (its exception could not be unpickled here: {e})")
-            self.exception = exc
+            self._error = (exc,) + self._error[1:]  # type: ignore[operator]
         if not isinstance(exc, BaseException):
             exc = RuntimeError(self.text or f"task {self.key!r} failed")
         if self.traceback and exc.__cause__ is None and exc.__traceback__ is None:
@@ -147,9 +190,9 @@ class Future:
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
-        self._state = state or client._state_for(key)
+        st = self._state = state or client._state_for(key)
         self._released = False
-        client._incref(key)
+        st.refs += 1
 
     @property
     def _hpcdask_future_key(self) -> str:
@@ -247,7 +290,7 @@ class Future:
         """Drop this future's hold on its key now (as when it is garbage collected)."""
         if not self._released:
             self._released = True
-            self.client._decref(self.key)
+            self.client._decref(self._state)
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """`fn(future)` runs once the future is done (in the client's event loop thread)."""
@@ -275,7 +318,7 @@ class Future:
     def __del__(self) -> None:
         try:
             if not self._released:
-                self.client._decref(self.key)
+                self.client._decref(self._state)
         except Exception:  # interpreter shutdown
             pass
 
