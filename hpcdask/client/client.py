@@ -103,9 +103,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
         self.timeout = timeout or float(config.get("comm.timeouts.connect", 30))
         self.direct_to_workers = direct_to_workers
         self.scheduler_info_cache: dict = {}
-        self._states: dict[str, FutureState] = {}
+        self._states: dict[str, FutureState] = {}  # each counts its Futures (refs)
         self._stream_handlers: dict[str, Callable[[dict], None]] = {}
-        self._refcount: dict[str, int] = {}
         from ..worker.printing import install_client_handlers  # hpcdask.print/warn in tasks
 
         install_client_handlers(self)  # print and warn here too
