@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from hpcdask import Client, Event, FutureCancelledError, LocalCluster
-from hpcdask.plugins import SchedulerPlugin, WorkerPlugin
+from hpcdask.plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 from hpcdask.testing.polling import async_wait_for, wait_for
 from hpcdask.utils.versions import mismatches
 
@@ -170,6 +170,25 @@ def test_unregister_worker_plugin_runs_teardown(client, tmp_path):
     assert all("teardown-marker" not in n for n in client.run(plugin_names).values())
     with pytest.raises(ValueError, match="no worker plugin named 'teardown-marker'"):
         client.unregister_worker_plugin("teardown-marker")
+
+
+class NannyTeardownMarker(NannyPlugin):
+    name = "nanny-teardown-marker"
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def teardown(self, nanny):
+        with open(os.path.join(self.directory, f"{nanny.name}"), "w") as f:
+            f.write("torn down")
+
+
+def test_unregister_a_nanny_plugin(client, tmp_path):
+    client.register_plugin(NannyTeardownMarker(str(tmp_path)))
+    client.unregister_worker_plugin("nanny-teardown-marker", nanny=True)
+    assert len(os.listdir(tmp_path)) == 2  # each nanny's teardown ran
+    with pytest.raises(ValueError, match="no nanny plugin named 'nanny-teardown-marker'"):
+        client.unregister_worker_plugin("nanny-teardown-marker", nanny=True)
 
 
 def test_unregister_scheduler_plugin_runs_close(client, tmp_path):
