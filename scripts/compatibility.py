@@ -52,6 +52,9 @@ NOTES = {
         "amm": "one policy, ReduceReplicas (core/amm.py); off until `client.amm.start()`",
         "benchmark_hardware": "sizes up to 16 MiB, about a second; disk figures include the "
         "page cache, as dask's",
+        "cancel": "for every client holding the future (dask's `force=True`); `msg=` joins "
+        "the reason",
+        "compute": "`traverse=True`: a container among the collections is computed as one value",
         "forward_logging": "records travel through the scheduler's event log",
         "get_versions": "`check=True`: ValueError when python, hpcdask, cloudpickle, msgpack "
         "or dask differ, a warning for optional packages",

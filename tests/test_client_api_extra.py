@@ -401,3 +401,15 @@ def test_a_scripts_functions_travel_by_value(client, monkeypatch):
     monkeypatch.setattr(sys.modules["__main__"], "triple_for_test", triple, raising=False)
     assert delayed(triple)(delayed(triple)(2)).compute() == 18
     assert client.submit(lambda f, x: f(x), triple, 5).result(timeout=30) == 15
+
+
+def test_compute_traverses_containers(client):
+    from dask import delayed
+
+    x = delayed(inc)(1)
+    f = client.submit(inc, 10)
+    got = client.compute([[x, 1], {"a": x, "b": f}, x, 7])
+    assert client.gather(got[:3]) == [[2, 1], {"a": 2, "b": 11}, 2] and got[3] == 7
+    as_is = client.compute([[x, 1]], traverse=False)
+    assert as_is[0][0] is x  # not looked into
+    assert client.compute([(x, x)], sync=True) == [(2, 2)]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
 
 _ANNOTATIONS = ("priority", "retries", "workers", "resources", "allow_other_workers")
+_CONTAINERS = (list, set, tuple, dict, Iterator)  # compute(traverse=True) looks into these
 
 
 def dask_installed() -> bool:
@@ -175,12 +176,19 @@ class CollectionsMixin:
         **kwargs: Any,
     ) -> Any:
         """Start computing dask collections; a Future per collection (values with sync=True).
-        Objects that are not collections are returned as they are."""
+        With `traverse` a list, set, tuple, dict or iterator among them is computed as one
+        value (the collections inside it computed); other objects are returned as they are."""
         opts = _pop_options(kwargs, "compute")
         from dask._expr import FinalizeCompute
         from dask.base import collections_to_expr
 
         single, out, positions = _sort_out(collections)
+        if traverse and any(isinstance(c, _CONTAINERS) for c in out):  # as dask.distributed:
+            from dask import delayed  # a container (of collections) is computed as one value
+            from dask.base import is_dask_collection
+
+            out = [delayed(c) if isinstance(c, _CONTAINERS) else c for c in out]
+            positions = [i for i, c in enumerate(out) if is_dask_collection(c)]
         if positions:
             expr = collections_to_expr([out[i] for i in positions], optimize_graph)
             expr = FinalizeCompute(expr).optimize()
