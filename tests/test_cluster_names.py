@@ -78,8 +78,10 @@ def test_subprocess_cluster_runs_the_scheduler_in_a_process_of_its_own():
             wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, timeout=30)
         wait_for(lambda: cluster.observed == {0} or cluster.observed == {1}, timeout=10)
     assert cluster.scheduler.process.returncode is not None  # stopped with the cluster
-    with pytest.raises(NotImplementedError, match="'processes'"):
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['processes'\\]"):
         SubprocessCluster(n_workers=0, processes=True)
+    with pytest.raises(NotImplementedError, match="shutdown_on_close="):
+        SubprocessCluster(n_workers=0, shutdown_on_close=False)
 
 
 def test_from_name_joins_a_detached_cluster(tmp_path, monkeypatch):
@@ -102,3 +104,30 @@ def test_from_name_joins_a_detached_cluster(tmp_path, monkeypatch):
         finally:
             handle.close()
         assert owner.scheduler.status == "running"  # the handle left it running
+
+
+def test_adaptive_made_directly_or_by_adapt_with_dask_bounds(thread_cluster):
+    from hpcdask import Adaptive
+
+    cluster = thread_cluster
+    adaptive = Adaptive(cluster, minimum=1, maximum=1, interval="50ms")
+    assert cluster._adaptive is adaptive and adaptive.interval == 0.05
+    wait_for(lambda: len(cluster.workers) == 1, timeout=20)
+    assert adaptive.plan == cluster.plan and adaptive.observed == cluster.observed
+    # Bounds in cores: 1 thread per worker here, so 3 cores are 3 workers.
+    second = cluster.adapt(minimum_cores=3, maximum_cores=3, interval=0.05)
+    assert cluster._adaptive is second
+    wait_for(lambda: len(cluster.workers) == 3, timeout=20)
+    assert cluster.sync(second.target) == 3
+    second.stop()
+    assert cluster._adaptive is None
+    with pytest.raises(NotImplementedError, match="worker_key="):
+        cluster.adapt(worker_key=lambda ws: ws)
+    with pytest.raises(NotImplementedError, match="Adaptive="):
+        cluster.adapt(Adaptive=dict)
+    per = cluster._memory_per_worker()  # the template's memory_limit
+    third = cluster.adapt(minimum_memory=per + 1, maximum_memory=4 * per + 1, interval=0.05)
+    assert (third.minimum, third.maximum) == (2, 4)
+    third.stop()
+    with pytest.raises(ValueError, match="minimum <= maximum"):
+        Adaptive(cluster, minimum=3, maximum=1)

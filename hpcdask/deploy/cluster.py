@@ -299,20 +299,33 @@ class Cluster(SyncAsync):
             leavers += [by_addr[a] for a in retired if a in by_addr]
         return leavers
 
-    def adapt(self, minimum: int = 0, maximum: float = math.inf, interval: float = 1.0,
-              wait_count: int = 3, target_duration: float = 5.0, **kwargs: Any) -> Any:  # fmt: skip
-        """Scale between `minimum` and `maximum` workers with the pending work."""
-        from .adaptive import Adaptive
+    def adapt(self, Adaptive: Any = None, minimum: int = 0, maximum: float = math.inf,
+              minimum_cores: int | None = None, maximum_cores: int | None = None,
+              minimum_memory: Any = None, maximum_memory: Any = None,
+              **kwargs: Any) -> Any:  # noqa: N803 - dask's argument name  # fmt: skip
+        """Scale between `minimum` and `maximum` workers with the pending work (bounds in
+        cores or memory count whole workers of the template); `interval=`, `wait_count=`,
+        `target_duration=` go to the `Adaptive`, which this returns."""
+        from .adaptive import Adaptive as Ours
 
-        if kwargs:
-            raise TypeError(f"adapt() got unexpected keyword arguments {sorted(kwargs)}")
-        if minimum < 0 or maximum < minimum:
-            raise ValueError(f"adapt needs 0 <= minimum <= maximum, got {minimum} and {maximum}")
-        if self._adaptive is not None:
-            self._adaptive.stop()
-        self._adaptive = Adaptive(self, minimum, maximum, interval, wait_count, target_duration)
-        self._call_in_loop(self._adaptive.start)
-        return self._adaptive
+        cls = Ours if Adaptive is None else Adaptive
+        if not (isinstance(cls, type) and issubclass(cls, Ours)):
+            raise NotImplementedError(f"adapt(Adaptive={Adaptive!r}): hpcdask's adaptive "
+                                      "scaling is hpcdask.Adaptive (or a subclass of it)")  # fmt: skip
+        threads = max(1, self._threads_per_worker())
+        if minimum_cores is not None:
+            minimum = max(minimum, math.ceil(minimum_cores / threads))
+        if maximum_cores is not None:
+            maximum = min(maximum, math.floor(maximum_cores / threads))
+        if minimum_memory is not None:
+            minimum = max(minimum, math.ceil(_bytes(minimum_memory) / self._memory_per_worker()))
+        if maximum_memory is not None:
+            maximum = min(maximum, math.floor(_bytes(maximum_memory) / self._memory_per_worker()))
+        return cls(self, minimum=minimum, maximum=maximum, **kwargs)
+
+    def _memory_per_worker(self) -> int:
+        raise ValueError(f"{self.name}: adapt(minimum_memory=/maximum_memory=) needs workers "
+                         "with a memory_limit")  # fmt: skip
 
     def _call_in_loop(self, func: Any) -> None:
         if self._in_loop() or self._asynchronous:
@@ -407,3 +420,9 @@ class Cluster(SyncAsync):
             rows += (f"<tr><th style='text-align:left'>Dashboard</th><td><a href='{html.escape(link)}'"
                      f" target='_blank'>{html.escape(link.split('?token=')[0])}</a></td></tr>")  # fmt: skip
         return f"<div><h3>{html.escape(self.name)}</h3><table>{rows}</table></div>"
+
+
+def _bytes(value: Any) -> int:
+    from ..utils.sizes import parse_bytes
+
+    return parse_bytes(value)

@@ -18,6 +18,7 @@ import tempfile
 from typing import Any
 
 from ..security import Security
+from ..utils.options import LOCAL_CLUSTER, Option, check_options
 from ..utils.schedfile import await_scheduler_file
 from .cluster import Cluster
 from .spec import SpecCluster
@@ -67,6 +68,15 @@ class RemoteScheduler:
             self._refresher.cancel()
         if self._pool is not None:
             await self._pool.close()
+
+
+#: dask.distributed's SubprocessCluster options that this one lacks.
+SUBPROCESS_CLUSTER = {
+    "loop": LOCAL_CLUSTER["loop"],
+    "scheduler_sync_interval": LOCAL_CLUSTER["scheduler_sync_interval"],
+    "shutdown_on_close": Option("its scheduler process stops with the cluster", True),
+    "shutdown_scheduler": Option("its scheduler process stops with the cluster", True),
+}
 
 
 class SubprocessScheduler(RemoteScheduler):
@@ -138,17 +148,16 @@ class SubprocessCluster(SpecCluster):
                  scheduler_kwargs: dict | None = None, dashboard_address: Any = None,
                  worker_class: Any = None, n_workers: int | None = None,
                  threads_per_worker: int | None = None, worker_kwargs: dict | None = None,
-                 silence_logs: Any = None, asynchronous: bool = False, name: str | None = None,
+                 silence_logs: Any = None, asynchronous: bool = False,
+                 security: Security | None = None, name: str | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
         from ..worker import Nanny
         from .local import default_layout
 
-        if kwargs:
-            raise NotImplementedError(
-                f"SubprocessCluster() does not implement {sorted(kwargs)}; it takes host, "
-                "scheduler_port, scheduler_kwargs, dashboard_address, worker_class, n_workers, "
-                "threads_per_worker, worker_kwargs, silence_logs, asynchronous, name"
-            )
+        check_options("SubprocessCluster", kwargs, SUBPROCESS_CLUSTER,
+                      "host, scheduler_port, scheduler_kwargs, dashboard_address, worker_class, "
+                      "n_workers, threads_per_worker, worker_kwargs, silence_logs, "
+                      "asynchronous, security, name")  # fmt: skip
         if worker_class not in (None, Nanny, "hpcdask.Nanny", "distributed.Nanny"):
             raise NotImplementedError(f"SubprocessCluster(worker_class={worker_class!r}): its "
                                       "workers are processes started by Nannies")  # fmt: skip
@@ -168,7 +177,7 @@ class SubprocessCluster(SpecCluster):
         self.threads = threads_per_worker
         super().__init__(workers={i: template for i in range(n_workers)},
                          scheduler={"cls": SubprocessScheduler, "options": sched},
-                         worker=template, asynchronous=asynchronous,
+                         worker=template, asynchronous=asynchronous, security=security,
                          name=name or "SubprocessCluster")  # fmt: skip
 
     def _threads_per_worker(self) -> int:

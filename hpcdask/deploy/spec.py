@@ -139,6 +139,15 @@ class SpecCluster(Cluster):
         spec = self.new_spec or next(iter(self.worker_spec.values()), None)
         return int((spec or {}).get("options", {}).get("nthreads") or 1)
 
+    def _memory_per_worker(self) -> int:
+        from ..utils.sizes import parse_bytes
+
+        spec = self.new_spec or next(iter(self.worker_spec.values()), None)
+        limit = (spec or {}).get("options", {}).get("memory_limit")
+        if not limit or limit == "auto":
+            return super()._memory_per_worker()
+        return parse_bytes(limit)
+
     async def _start_workers(self, n: int) -> None:
         for _ in range(n):
             self.worker_spec.update(self.new_worker_spec())
