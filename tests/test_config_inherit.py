@@ -64,6 +64,23 @@ def test_dask_files_and_variables_count(home, monkeypatch):
     assert config.get("worker.memory.pause") == 0.75
 
 
+def test_dask_is_imported_only_when_its_files_could_set_distributed(home):
+    """`import hpcdask` and a `get` leave dask unloaded (it changes how exceptions pickle)
+    unless dask's files or variables could set `distributed.*`."""
+    code = ("import sys; from hpcdask import config; "
+            "print(config.get('worker.memory.target'), 'dask.config' in sys.modules)")  # fmt: skip
+    env = {"HOME": str(home), "DASK_CONFIG": str(home / "none")}
+    d = home / ".config" / "dask"
+    d.mkdir(parents=True)
+    (d / "jobqueue.yaml").write_text(
+        "jobqueue: {slurm: {worker-command: distributed.cli.dask_worker}}\n"
+    )
+    assert _child(env, code).stdout.split() == ["0.6", "False"]
+    (d / "distributed.yaml").write_text("distributed:\n  worker:\n    memory: {target: 0.5}\n")
+    out = _child(env, code)
+    assert out.stdout.split() == ["0.5", "True"], out.stderr
+
+
 @pytest.mark.parametrize(
     ("key", "value", "says"),
     [("distributed.worker.memory.target", "lots", "fraction of memory_limit"),
@@ -83,7 +100,8 @@ def test_inherited_env_carries_config_set_and_dask():
     assert _payload(config.inherited_env()) == {"dask": None}
     with config.set({"worker.memory.target": 0.33, "comm.timeouts.connect": 7}), \
             dask_config.set({"distributed.worker.memory.pause": 0.77,
-                             "array.chunk-size": "7MiB"}):  # fmt: skip
+                             "array.chunk-size": "7MiB",
+                             "test-objects": {"a": object(), "b": [1, object()]}}):  # fmt: skip
         env = config.inherited_env()
     payload = _payload(env)
     assert payload["set"] == {"worker": {"memory": {"target": 0.33}},
@@ -92,6 +110,7 @@ def test_inherited_env_carries_config_set_and_dask():
     theirs = dask_config.deserialize(env["DASK_INTERNAL_INHERIT_CONFIG"])
     assert theirs["array"]["chunk-size"] == "7MiB"  # only what differs from dask's defaults
     assert "scheduler" not in theirs.get("distributed", {})
+    assert theirs["test-objects"] == {}  # objects of this process are not passed on
 
 
 def test_a_bad_config_set_value_fails_in_the_parent_naming_the_key():
@@ -123,3 +142,24 @@ def test_the_child_takes_and_checks_what_it_inherits():
     assert (
         "HPCDASK_INTERNAL_INHERIT_CONFIG" in out.stderr and "'worker.memory.target'" in out.stderr
     )
+
+
+@pytest.mark.timeout(90)
+def test_config_set_in_the_parent_reaches_nanny_started_workers():
+    """As dask.distributed's nanny passes dask's configuration to its worker processes."""
+    from hpcdask import Client, LocalCluster
+
+    def seen(dask_worker):
+        import dask.config as dc
+
+        from hpcdask import config as c
+
+        return (c.get("worker.memory.target"), c.get("worker.memory.pause"),
+                dask_worker.state.pause_fraction, dc.get("array.chunk-size"))  # fmt: skip
+
+    with config.set({"worker.memory.target": 0.33}), \
+            dask_config.set({"distributed.worker.memory.pause": 0.77, "array.chunk-size": "7MiB"}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB", host="127.0.0.1",
+                         dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        (values,) = client.run(seen).values()
+    assert values == (0.33, 0.77, 0.77, "7MiB")

@@ -376,7 +376,7 @@ def inherited_env() -> dict[str, str]:
     env = {_INHERIT: base64.b64encode(json.dumps(payload).encode()).decode()}
     dask_config = sys.modules.get("dask.config")
     if dask_config is not None:
-        set_here = _diff(dask_config.config, _dask_defaults(dask_config))
+        set_here = _portable(_diff(dask_config.config, _dask_defaults(dask_config)))
         if set_here:
             env["DASK_INTERNAL_INHERIT_CONFIG"] = dask_config.serialize(set_here)
     return env
@@ -392,6 +392,20 @@ def _check_json(value: Any, source: str, key: str) -> None:
     elif value is not None and not isinstance(value, (str, int, float, bool)):
         raise ConfigError(f"{source}: {key!r} is a {type(value).__name__}, which cannot be "
                           "passed to a worker process: give a string, number, list or mapping")  # fmt: skip
+
+
+def _portable(tree: Any) -> Any:
+    """*tree* without the values JSON cannot carry: dask's configuration may hold objects of
+    this process (the `scheduler` a Client sets as the default), which mean nothing in another."""
+    if isinstance(tree, dict):
+        out = {k: _portable(v) for k, v in tree.items() if isinstance(k, str)}
+        return {k: v for k, v in out.items() if v is not _MISSING}
+    if isinstance(tree, (list, tuple)):
+        items = [_portable(v) for v in tree]
+        return _MISSING if _MISSING in items else items
+    if tree is None or isinstance(tree, (str, int, float, bool)):
+        return tree
+    return _MISSING
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

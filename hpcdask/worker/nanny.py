@@ -78,6 +78,7 @@ class Nanny(NannyPluginHost, Server):
         self._monitor: asyncio.Task | None = None
         self._finished: asyncio.Event | None = None
         self._pool: ConnectionPool | None = None
+        self._inherited_env: dict[str, str] = {}
         self._init_plugins()
 
     @property
@@ -111,6 +112,9 @@ class Nanny(NannyPluginHost, Server):
         self._finished = asyncio.Event()
         self._pool = ConnectionPool(security=self.security, timeout=5)
         await self._start_plugins()  # before the worker: Environ & co. shape its process
+        # This process's config.set() and dask configuration, as now: every worker process
+        # this nanny starts, restarts included, gets the same (dask.distributed's nanny too).
+        self._inherited_env = config.inherited_env()
         await self._spawn()
         self.status = "running"
         self._monitor = asyncio.ensure_future(self._watch())
@@ -124,7 +128,7 @@ class Nanny(NannyPluginHost, Server):
         # glibc returns freed memory to the system only above this, and raises its mmap
         # threshold as large arrays are freed unless it is set: freed results then stay in
         # the process as "unmanaged" memory that no spilling can free (dask sets it too).
-        env = {"MALLOC_TRIM_THRESHOLD_": "65536", **os.environ, **self.env,
+        env = {"MALLOC_TRIM_THRESHOLD_": "65536", **os.environ, **self._inherited_env, **self.env,
                "PYTHONPATH": os.pathsep.join(paths + ([extra] if extra else [])),
                "HPCDASK_SECRET": self.security.secret.hex(),
                "HPCDASK_SECURITY": _encode_security(self.security),
