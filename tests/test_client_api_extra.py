@@ -413,3 +413,22 @@ def test_compute_traverses_containers(client):
     as_is = client.compute([[x, 1]], traverse=False)
     assert as_is[0][0] is x  # not looked into
     assert client.compute([(x, x)], sync=True) == [(2, 2)]
+
+
+def test_gather_direct_and_scatter_options(client, cluster, monkeypatch):
+    relayed = []
+    handler = cluster.scheduler.handlers["gather"]
+
+    async def counting(comm, msg):
+        relayed.append(msg["keys"])
+        return await handler(comm, msg)
+
+    monkeypatch.setitem(cluster.scheduler.handlers, "gather", counting)
+    f = client.submit(bytes, 1_000_000, pure=False)  # too large to come along with the report
+    f.result(timeout=30)
+    assert client.gather([f]) == [bytes(1_000_000)] and not relayed  # straight from the worker
+    assert client.gather([f], direct=False) == [bytes(1_000_000)] and relayed == [[f.key]]
+    (g,) = client.scatter([5], timeout=30)
+    assert g.result(timeout=30) == 5
+    with pytest.raises(NotImplementedError, match="scatter\\(direct=False\\)"):
+        client.scatter([1], direct=False)

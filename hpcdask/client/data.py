@@ -23,19 +23,22 @@ class DataMovement:
 
     def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None,
                asynchronous: bool | None = None) -> Any:  # fmt: skip
-        """Results of futures, in the same structure (list, dict, nested) they were given in."""
+        """Results of futures, in the same structure (list, dict, nested) they were given in.
+        `direct=False` fetches them through the scheduler (default: the client's
+        `direct_to_workers`, and the scheduler for a worker that cannot be reached)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
-        return self._sync(self._gather_structure, futures, errors)
+        return self._sync(self._gather_structure, futures, errors, direct)
 
-    async def _gather_structure(self, futures: Any, errors: str) -> Any:
+    async def _gather_structure(self, futures: Any, errors: str, direct: bool | None) -> Any:
         flat: list[Future] = []
         _collect(futures, flat)
-        values = await self._gather(flat, errors)
+        values = await self._gather(flat, errors, direct)
         results = dict(zip((f.key for f in flat), values))
         return _rebuild(futures, results, errors)
 
-    async def _gather(self, futures: list[Future], errors: str = "raise") -> list:
+    async def _gather(self, futures: list[Future], errors: str = "raise",
+                      direct: bool | None = None) -> list:  # fmt: skip
         out: dict[str, Any] = {}
         todo = list({f.key: f for f in futures}.values())
         while todo:
@@ -57,7 +60,8 @@ class DataMovement:
             for st in finished:
                 if st.workers:
                     by_worker.setdefault(st.workers[0], []).append(st.key)
-            results = await asyncio.gather(*(self._fetch(w, keys) for w, keys in by_worker.items()))
+            results = await asyncio.gather(*(self._fetch(w, keys, direct)
+                                             for w, keys in by_worker.items()))  # fmt: skip
             for data in results:
                 out.update(data)
             todo = [f for f in todo if f.key not in out]
@@ -79,9 +83,9 @@ class DataMovement:
             for st in states:
                 st.workers = who.get(st.key) or None
 
-    async def _fetch(self, worker: str, keys: list[str]) -> dict:
+    async def _fetch(self, worker: str, keys: list[str], direct: bool | None = None) -> dict:
         try:
-            if self.direct_to_workers is False:
+            if (self.direct_to_workers if direct is None else direct) is False:
                 raise OSError("direct_to_workers=False")
             data = await self.pool.call(worker, "get-data", keys=keys)
         except OSError:
@@ -93,8 +97,22 @@ class DataMovement:
     def scatter(self, data: Any, workers: Any = None, broadcast: bool = False,
                 direct: bool | None = None, hash: bool = True, timeout: float | None = None,
                 asynchronous: bool | None = None) -> Any:  # fmt: skip
-        """Send local data to workers; returns futures in the structure of `data`."""
-        return self._sync(self._scatter, data, workers, broadcast, hash)
+        """Send local data to workers; returns futures in the structure of `data`.
+        `timeout` (seconds): a TimeoutError if the workers have not taken it by then."""
+        if direct is False:
+            raise NotImplementedError(
+                "scatter(direct=False): hpcdask's scatter sends the data to the workers itself; "
+                "leave direct unset"
+            )
+        if timeout is None:
+            return self._sync(self._scatter, data, workers, broadcast, hash)
+        return self._sync(self._scatter_within, timeout, data, workers, broadcast, hash)
+
+    async def _scatter_within(self, timeout: float, *args: Any) -> Any:
+        try:
+            return await asyncio.wait_for(self._scatter(*args), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"scatter did not finish within timeout={timeout}s") from None
 
     async def _scatter(self, data: Any, workers: Any, broadcast: bool, hash: bool) -> Any:
         if isinstance(data, dict):
