@@ -249,3 +249,34 @@ def test_paused_worker_runs_nothing_serves_its_data_and_resumes(monkeypatch):
         g = client.submit(lambda x: x + 1, f, workers=[workers[0]], pure=False)
         assert g.result(timeout=20) == 4
         assert metrics["spilled_bytes"] == 0
+
+
+def _block(i: int) -> np.ndarray:
+    return np.full(16 * MB // 8, float(i))  # 16 MiB
+
+
+@pytest.mark.timeout(60)
+def test_spilled_data_is_served_to_a_peer_without_loading_it():
+    """Real processes: a worker whose results went to disk (target set by config.set() in this
+    process, which its nanny passes on) gives them to a peer from disk; nothing is read back
+    into its memory on the way."""
+    from hpcdask import Client, LocalCluster, config, wait
+
+    with config.set({"worker.memory.target": 0.05}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="1GiB",
+                         host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        a, b = sorted(client.scheduler_info()["workers"])
+        blocks = client.map(_block, range(6), workers=[a], pure=False)  # 96 MiB, target 51 MiB
+        wait(blocks)
+
+        def counts(dask_worker):
+            return dask_worker.data.metrics()
+
+        before = client.run(counts, workers=[a])[a]
+        assert before["spilled_keys"] >= 2 and before["spill_count"] >= 2, before
+        total = client.submit(lambda *xs: sum(float(x[0]) for x in xs), *blocks, workers=[b])
+        assert total.result(timeout=30) == sum(range(6))
+        after = client.run(counts, workers=[a])[a]
+        assert after["unspill_count"] == before["unspill_count"] == 0, after
+        assert after["spilled_keys"] == before["spilled_keys"]
