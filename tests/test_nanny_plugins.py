@@ -144,3 +144,37 @@ def test_upload_file_plugin_reaches_workers_that_join_later(tmp_path):
         cluster.scale(2)
         client.wait_for_workers(2, timeout=60)
         assert list(client.run(value).values()) == [7, 7]
+
+
+async def test_a_nanny_that_starts_before_its_scheduler_registers_later():
+    """A batch job's worker may start before the scheduler listens: its nanny keeps trying
+    and, once registered, sets up the plugins and restarts its worker for Environ's."""
+    import asyncio
+    import socket
+
+    from hpcdask import Nanny, Scheduler, Security
+    from hpcdask.protocol.serialize import Pickled
+    from hpcdask.testing.polling import async_wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    security = Security(secret=os.urandom(32))
+    address = f"tcp://127.0.0.1:{port}"
+    nanny = Nanny(address, nthreads=1, memory_limit="1GB", security=security, host="127.0.0.1")
+    starting = asyncio.ensure_future(nanny.start())
+    await async_wait_for(lambda: nanny._registering is not None, timeout=20,
+                         what="the nanny retrying its registration")  # fmt: skip
+    async with Scheduler(host="127.0.0.1", port=port, security=security,
+                         dashboard_address=None) as scheduler:  # fmt: skip
+        var = f"HPCDASK_LATE_{uuid.uuid4().hex[:6].upper()}"
+        plugin = Pickled.dumps(Environ({var: "yes"}))  # as client.register_plugin sends it
+        await scheduler.nanny_plugins.register_plugin(None, {"name": "late", "plugin": plugin})
+        await asyncio.wait_for(starting, 60)
+        await async_wait_for(lambda: nanny.nanny_address in scheduler.nanny_plugins.nannies,
+                             timeout=20, what="the late registration")  # fmt: skip
+        await async_wait_for(lambda: nanny.restarts >= 1 and scheduler.worker_streams,
+                             timeout=30, what="the worker restarted with the variable")  # fmt: skip
+        async with Client(scheduler.address, security=security, asynchronous=True) as client:
+            assert set((await client.run(_env, var)).values()) == {"yes"}
+        await nanny.close()

@@ -60,6 +60,10 @@ class NannyPluginHost:
         except OSError:  # not up yet (a batch job's worker may start first): keep trying
             self._registering = asyncio.ensure_future(self._register_later())
             return
+        except Exception as e:  # the worker still starts; only nanny plugins are missing
+            logger.warning("nanny %s could not register with %s (%s): nanny plugins will "
+                           "not reach it", self.nanny_address, self.scheduler_address, e)  # fmt: skip
+            return
         await self._setup_all(reply)
 
     async def _register_later(self, interval: float = 1.0) -> None:
@@ -74,11 +78,14 @@ class NannyPluginHost:
             return
 
     async def _setup_all(self, reply: Any) -> None:
+        restart = False
         for name, plugin in (reply or {}).get("plugins", {}).items():
             try:
-                await self._setup_plugin(name, plugin)
+                restart |= bool(getattr(await self._setup_plugin(name, plugin), "restart", 0))
             except Exception:
                 logger.exception("nanny plugin %s failed in setup", name)
+        if restart and self.process is not None:  # registered late: its worker already runs
+            await self._restart_worker()
 
     async def _setup_plugin(self, name: str, plugin: Any) -> Any:
         if type(plugin) is Pickled:
