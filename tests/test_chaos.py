@@ -1,7 +1,7 @@
 """Chaos, seeded and bounded in time: workers SIGKILLed and SIGSTOPped during graphs of a few
 thousand tasks with data dependencies and MB-sized results; memory overcommit with spilling; a
-scheduler that dies while a client waits. Every run ends with the right answer or a clear
-error, never a hang (each test has a hard timeout).
+scheduler that dies while a client waits; 30 clients at once. Every run ends with the right
+answer or a clear error, never a hang (each test has a hard timeout).
 
 HPCDASK_CHAOS_SEED picks the seed (default: fixed, so CI runs are repeatable); the seed is in
 every failure message.
@@ -216,3 +216,24 @@ def test_nannies_killed_and_frozen_during_a_graph(tmp_path):
             if p.poll() is None:
                 p.kill()
             p.wait(timeout=30)
+
+
+def _client_run(address: str, n: int, seed: int, out: dict) -> None:
+    with Client(address, set_as_default=False) as c:
+        futures = c.map(lambda x, s=seed: x * s, range(n), pure=False)
+        out[seed] = c.gather(futures) == [x * seed for x in range(n)]
+
+
+@pytest.mark.timeout(120)
+def test_thirty_clients_at_once_all_get_their_own_answers():
+    """30 clients, 200 tasks each, at the same time on one scheduler: every answer right."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # fmt: skip
+        out: dict = {}
+        threads = [threading.Thread(target=_client_run, args=(cluster.scheduler_address, 200,
+                                                              s, out)) for s in range(1, 31)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert out == dict.fromkeys(range(1, 31), True)
