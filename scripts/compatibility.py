@@ -52,8 +52,8 @@ NOTES = {
         "amm": "one policy, ReduceReplicas (core/amm.py); off until `client.amm.start()`",
         "benchmark_hardware": "sizes up to 16 MiB, about a second; disk figures include the "
         "page cache, as dask's",
-        "cancel": "for every client holding the future (dask's `force=True`); `msg=` joins "
-        "the reason",
+        "cancel": "as dask's: `force=True` for every client holding the future, else only "
+        "for this one; `msg=` joins the reason",
         "compute": "`traverse=True`: a container among the collections is computed as one value",
         "forward_logging": "records travel through the scheduler's event log",
         "get_versions": "`check=True`: ValueError when python, hpcdask, cloudpickle, msgpack "

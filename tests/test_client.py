@@ -128,6 +128,32 @@ def test_cancel(client):
         g.result(timeout=10)
 
 
+def held_by_both(cluster, key):
+    from hpcdask.core.task_state import _clients
+
+    tasks = cluster.scheduler.state.tasks
+    wait_for(lambda: key in tasks and len(_clients(tasks[key])) == 2, what=f"{key} held by both")
+
+
+def test_cancel_leaves_other_clients_tasks_running_unless_forced(client, cluster):
+    with Client(cluster) as other:
+        key = f"shared-{time.monotonic_ns()}"
+        mine = client.submit(slow_inc, 1, 0.5, key=key)
+        theirs = other.submit(slow_inc, 1, 0.5, key=key)  # the same task, held by both
+        dep = client.submit(inc, mine)
+        held_by_both(cluster, key)
+        client.cancel([mine])  # dask's default, force=False: only this client lets go
+        assert mine.cancelled()
+        assert theirs.result(timeout=10) == 2
+        assert dep.result(timeout=10) == 3  # its input went on for the other client
+        again = client.submit(slow_inc, 2, 0.5, key=key + "-2")
+        same = other.submit(slow_inc, 2, 0.5, key=key + "-2")
+        held_by_both(cluster, key + "-2")
+        client.cancel([again], force=True)  # for every client
+        with pytest.raises(FutureCancelledError):
+            same.result(timeout=10)
+
+
 def test_as_completed_and_wait(client):
     fs = client.map(slow_inc, range(6), [0.01] * 6)
     seen = [f.result() for f in as_completed(fs)]

@@ -637,6 +637,20 @@ def test_cancel_unknown_key_is_harmless():
     assert run(s, CancelKeys("c", ["nope"])) == []
 
 
+def test_cancel_without_force_lets_go_only_for_that_client():
+    s = sched(("A", 1))
+    run(s, graph(nt("a"), wanted=["a"], client="d"))
+    run(s, graph(nt("a"), nt("b", "a"), wanted=["a", "b"]))
+    out = run(s, CancelKeys("c", ["a"], force=False))
+    assert [m["key"] for m in reports(out, "c", "cancelled")] == ["a"]
+    assert reports(out, "d") == [] and frees(out) == {}
+    assert states(s, "a", "b") == {"a": "processing", "b": "waiting"}  # d wants a; b goes on
+    out = run(s, CancelKeys("c", ["a"], force=True))
+    assert {m["key"] for m in reports(out, "c", "cancelled")} == {"b"}  # c let go of a already
+    assert [m["key"] for m in reports(out, "d", "cancelled")] == ["a"]
+    assert s.tasks == {}
+
+
 def test_release_frees_results_when_no_future_or_waiting_dependent_needs_them():
     s = sched(("A", 1))
     run(s, graph(nt("x"), nt("y", "x"), wanted=["x", "y"]))
@@ -1101,7 +1115,8 @@ class Driver:
             key = rng.choice(list(s.tasks))
             self.step([ReleaseKeys(rng.choice(self.clients), [key])])
         elif r < 0.84 and s.tasks:
-            self.step([CancelKeys(rng.choice(self.clients), [rng.choice(list(s.tasks))])])
+            key = rng.choice(list(s.tasks))
+            self.step([CancelKeys(rng.choice(self.clients), [key], force=rng.random() < 0.5)])
         elif r < 0.88 and s.tasks:
             self.step([WantKeys(rng.choice(self.clients), [rng.choice(list(s.tasks))])])
         elif r < 0.91:

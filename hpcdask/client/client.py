@@ -480,8 +480,9 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
 
     def cancel(self, futures: Any, asynchronous: bool | None = None, force: bool = False,
                reason: str | None = None, msg: str | None = None) -> Any:  # fmt: skip
-        """Cancel these futures (and what depends on them) for every client holding them:
-        hpcdask's cancel is always dask's `force=True`. `msg` is added to the reason."""
+        """Cancel these futures and what depends on them. Tasks other clients also hold go on
+        for them unless `force=True` cancels them for every client. `msg` is added to the
+        reason."""
         if msg:
             reason = f"{reason or 'cancelled by the client'}: {msg}"
         flat: list[Future] = []
@@ -490,7 +491,8 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
         for f in flat:
             if not f.done():
                 f._state.cancel(reason or "cancelled by the client")
-        self._send({"op": "cancel", "keys": keys, "reason": reason or "cancelled by the client"})
+        self._send({"op": "cancel", "keys": keys, "reason": reason or "cancelled by the client",
+                    "force": bool(force)})  # fmt: skip
         return done_awaitable() if self.asynchronous else None
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:

@@ -56,9 +56,13 @@ class WantKeys:
 
 @dataclass(slots=True)
 class CancelKeys:
+    """`force`: for every client holding the keys; otherwise only `client` lets go of them,
+    and they (and what depends on them) stop only where no other client wants them."""
+
     client: str
     keys: list
     reason: str = "cancelled by the client"
+    force: bool = True
 
 
 @dataclass(slots=True)

@@ -163,7 +163,8 @@ class EventHandlers(_Base):
                 self._add_wanter(ts, ev.client)
 
     def _cancel_keys(self, ev: CancelKeys) -> None:
-        # Dependents are cancelled with their inputs; forget them dependents-first.
+        # Dependents are cancelled with their inputs; forget them dependents-first. Without
+        # `force`, a task another client wants is only let go of by this one (as dask's).
         order: list[TaskState] = []
         seen: set[TaskState] = set()
         stack = [self.tasks[k] for k in ev.keys if k in self.tasks]
@@ -173,14 +174,19 @@ class EventHandlers(_Base):
                 continue
             seen.add(ts)
             order.append(ts)
-            stack.extend(ts.dependents or ())
+            if ev.force or all(c == ev.client for c in _clients(ts)):
+                stack.extend(ts.dependents or ())
         for ts in reversed(order):
             msg = {"op": "cancelled", "key": ts.key, "reason": ev.reason}
-            for client in _clients(ts):
+            holders = _clients(ts)
+            for client in holders if ev.force else [c for c in holders if c == ev.client]:
                 if client != FIRE_AND_FORGET:
                     self._out.append(ReportToClient(client, msg))
                 self._unwant(ts, client)
-            ts.waiters = None
+            if ev.force:
+                ts.waiters = None
+            elif self._needed(ts):
+                continue
             self._rec(ts, "forgotten" if not ts.dependents else "released")
             self._run_transitions()
 

@@ -413,7 +413,9 @@ class Scheduler(WorkerLifecycle, Server):
             self.apply(ev.WantKeys(FIRE_AND_FORGET, msg["keys"]), stimulus_id=stim)
         elif op == "cancel":
             self.apply(
-                ev.CancelKeys(client, msg["keys"], msg.get("reason") or "cancelled"),
+                ev.CancelKeys(
+                    client, msg["keys"], msg.get("reason") or "cancelled", msg.get("force", True)
+                ),  # fmt: skip
                 stimulus_id=stim,
             )
         elif op == "retry":
