@@ -109,7 +109,7 @@ def test_install_plugin_runs_the_function_on_every_worker(pair, tmp_path):
 
 
 def test_conda_install_without_conda_is_a_clear_error(pair, monkeypatch):
-    _, client = pair
+    cluster, client = pair
 
     def no_conda():
         os.environ.pop("CONDA_EXE", None)
@@ -121,6 +121,11 @@ def test_conda_install_without_conda_is_a_clear_error(pair, monkeypatch):
                            for r in replies.values()), replies  # fmt: skip
     with pytest.raises(TypeError, match="list of packages"):
         CondaInstall(packages="scipy")
+    # A worker that joins later fails that setup too, and starts without it.
+    cluster.scale(3)
+    client.wait_for_workers(3, timeout=60)
+    cluster.scale(2)
+    wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=30)
 
 
 class Seen(WorkerPlugin):
@@ -178,3 +183,16 @@ async def test_a_nanny_that_starts_before_its_scheduler_registers_later():
         async with Client(scheduler.address, security=security, asynchronous=True) as client:
             assert set((await client.run(_env, var)).values()) == {"yes"}
         await nanny.close()
+
+
+def test_a_nannys_own_plugin_add_remove_and_restart(pair, tmp_path):
+    cluster, client = pair
+    nanny = next(iter(cluster.workers.values()))
+    before = client.run(os.getpid)[nanny.worker_address]
+    assert cluster.sync(nanny.restart) == "OK"
+    wait_for(lambda: nanny.worker_address in client.scheduler_info()["workers"], timeout=30)
+    assert client.run(os.getpid)[nanny.worker_address] != before
+    assert cluster.sync(nanny.plugin_add, Marker(str(tmp_path)), "direct")["status"] == "OK"
+    assert "direct" in nanny.plugins and len(_files(tmp_path, "setup-")) == 1
+    assert cluster.sync(nanny.plugin_remove, "direct") == {"status": "OK", "removed": True}
+    assert len(_files(tmp_path, "teardown-")) == 1

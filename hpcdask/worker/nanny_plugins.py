@@ -97,21 +97,35 @@ class NannyPluginHost:
         await _maybe_await(getattr(plugin, "setup", None), self)
         return plugin
 
-    async def _plugin_add(self, comm: Comm, msg: dict) -> dict:
+    async def plugin_add(self, plugin: Any, name: str | None = None) -> dict:
+        """Set `plugin` up here (replacing one of that name); restart the worker if it asks."""
+        name = name or getattr(plugin, "name", None) or f"{type(plugin).__name__}-{id(plugin)}"
         try:
-            plugin = await self._setup_plugin(msg["name"], msg["plugin"])
+            plugin = await self._setup_plugin(name, plugin)
             if getattr(plugin, "restart", False) and self.process is not None:
                 await self._restart_worker()
         except Exception as e:
-            logger.exception("nanny plugin %s failed in setup", msg.get("name"))
+            logger.exception("nanny plugin %s failed in setup", name)
             return {"status": "error", "text": f"{type(e).__name__}: {e}"}
         return {"status": "OK"}
 
-    async def _plugin_remove(self, comm: Comm, msg: dict) -> dict:
-        plugin = self.plugins.pop(msg["name"], None)
+    async def plugin_remove(self, name: str) -> dict:
+        """Tear the plugin called `name` down and forget it."""
+        plugin = self.plugins.pop(name, None)
         if plugin is not None:
             await _maybe_await(getattr(plugin, "teardown", None), self)
         return {"status": "OK", "removed": plugin is not None}
+
+    async def restart(self, timeout: float = 60) -> str:
+        """A fresh worker process; returns "OK" once it has started."""
+        await self._restart_worker(timeout)
+        return "OK"
+
+    async def _plugin_add(self, comm: Comm, msg: dict) -> dict:
+        return await self.plugin_add(msg["plugin"], msg["name"])
+
+    async def _plugin_remove(self, comm: Comm, msg: dict) -> dict:
+        return await self.plugin_remove(msg["name"])
 
     async def _restart_worker(self, timeout: float = 60) -> None:
         """A fresh worker process (after the env or the environment changed); returns once

@@ -204,7 +204,12 @@ class Worker(Monitoring, Server):
         self.status = "running"
         _process_workers.append(self)
         for name, plugin in response["result"].get("plugins", {}).items():
-            await self._setup_plugin(name, plugin)
+            try:  # one broken plugin must not keep every later worker from starting
+                await self._setup_plugin(name, plugin)
+            except Exception:
+                self.plugins.pop(name, None)
+                logger.exception("worker plugin %s failed in setup; the worker runs without it",
+                                 name)  # fmt: skip
         for plugin in self._initial_plugins:
             await self._setup_plugin(getattr(plugin, "name", None) or repr(plugin), plugin)
         self.spawn(self._read_scheduler(comm))
