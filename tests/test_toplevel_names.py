@@ -79,6 +79,10 @@ def test_span_records_its_tasks_and_sets_the_annotation(client):
     spans = {e["id"]: e for _, e in client.get_events("spans")}
     assert spans[inner]["name"] == ["load", "clean"] and spans[inner]["keys"] == [x.key]
     assert set(spans[outer]["keys"]) == {x.key, y.key}
+    # A future submitted at the very end of a span, not waited for, belongs to it too.
+    with hpcdask.span("fire") as last:
+        z = client.submit(lambda: 4, pure=False)
+    assert [e for _, e in client.get_events("spans") if e["id"] == last][0]["keys"] == [z.key]
     with pytest.raises(ValueError, match="tag"):
         with hpcdask.span():
             pass

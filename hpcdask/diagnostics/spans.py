@@ -9,7 +9,8 @@ than a few thousand tasks sees only its last ones.
 hpcdask's scheduler keeps no per-task annotations: `span` tags the tasks by recording them
 under the span's id in the scheduler's event log (topic "spans", read with
 `client.get_events("spans")`), and sets dask's annotation `span` for the block, so that
-`dask.get_annotations()["span"]` names it in the client as in dask.distributed.
+`dask.get_annotations()["span"]` names it in the client as in dask.distributed. A span also
+counts the futures its client made inside it and still holds at its end.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def _window(since: float, client: str | None = None, *, dask_scheduler: Any) -> 
     return entered
 
 
-def _record_span(since: float, client: str, span_id: str, name: list, *,
+def _record_span(since: float, client: str, span_id: str, name: list, held: list, *,
                  dask_scheduler: Any) -> list:  # fmt: skip
-    keys = sorted(_window(since, client, dask_scheduler=dask_scheduler))
+    keys = sorted(set(_window(since, client, dask_scheduler=dask_scheduler)) | set(held))
     dask_scheduler.coordination.log(["spans"], {"id": span_id, "name": name, "keys": keys,
                                                 "start": since, "stop": time.time()})  # fmt: skip
     return keys
@@ -103,8 +104,12 @@ def span(*tags: str) -> Iterator[str]:
     name = tuple(outer.get("name", ())) + tags
     client = _client()
     since = client.run_on_scheduler(_now)
+    before = set(client._states)
     try:
         with dask.annotate(span={"name": name, "ids": tuple(outer.get("ids", ())) + ids}):
             yield ids[-1]
     finally:
-        client.run_on_scheduler(_record_span, since, client.id, ids[-1], list(name))
+        # Futures made in the block and still held count too: their graph may still be on
+        # its way to the scheduler (the client's stream) when this request arrives.
+        held = sorted(set(client._states) - before)
+        client.run_on_scheduler(_record_span, since, client.id, ids[-1], list(name), held)
