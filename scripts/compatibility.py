@@ -58,7 +58,9 @@ NOTES = {
         "forward_logging": "records travel through the scheduler's event log",
         "get_versions": "`check=True`: ValueError when python, hpcdask, cloudpickle, msgpack "
         "or dask differ, a warning for optional packages",
-        "map": "`actor=True`: one actor per item",
+        "map": "`actor=True`: one actor per item; `batch_size=` tasks per message (default "
+        "1,000); `fifo_timeout=` accepted, no effect (equal priorities run in submission order)",
+        "replicate": "`branching_factor=` accepted, no effect (each copy comes from a holder)",
         "nbytes": "`summary=True` (the default) sums per key prefix",
         "normalize_collection": "Delayed and `.dask`-settable collections get the smaller "
         "graph; an expression collection is rebuilt only when all its keys are held",

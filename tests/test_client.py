@@ -49,6 +49,16 @@ def test_map_many_iterables_and_keys(client):
     assert client.gather(fs) == [1, 2, 3]
 
 
+def test_map_sends_batch_size_tasks_per_message(client, cluster):
+    fs = client.map(inc, range(1000, 1035), batch_size=10)
+    assert client.gather(fs) == list(range(1001, 1036))
+    state = cluster.scheduler.state
+    stimuli = {state.story(f.key)[0][3] for f in fs}  # the update-graph that brought each
+    assert len(stimuli) == 4
+    with pytest.raises(ValueError, match="batch_size=0"):
+        client.map(inc, range(3), batch_size=0)
+
+
 def test_pure_deduplicates_and_impure_does_not(client):
     a, b = client.submit(inc, 10), client.submit(inc, 10)
     assert a.key == b.key

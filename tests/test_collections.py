@@ -356,6 +356,11 @@ def test_p2p_shuffle_and_rechunk_are_refused_by_name(client, df, x):
         x.rechunk((60, 1), method="p2p").sum().compute()
 
 
+def test_actors_in_a_graph_are_refused_with_what_to_use(client, x):
+    with pytest.raises(NotImplementedError, match=r"compute\(actors=\).*actor=True"):
+        client.compute(x.sum(), actors=True)
+
+
 def test_a_graph_larger_than_one_message_keeps_what_later_chunks_need(client):
     # 2,500 chunks and their sum travel in three update-graph messages
     assert (da.ones(2500, chunks=1) + 1).sum().compute() == 5000

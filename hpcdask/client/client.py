@@ -423,13 +423,17 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
     def map(self, func: Callable, *iterables: Iterable, key: str | list | None = None,
             pure: bool = True, batch_size: int | None = None, **kwargs: Any) -> list[Future]:  # fmt: skip
         """`submit(func, *items)` for items taken in step from `iterables`, sent in chunks of
-        GRAPH_CHUNK tasks (if an argument fails to pickle, the chunks sent before are released)."""
+        `batch_size` (default GRAPH_CHUNK) tasks, so that the first run while later ones are
+        made (if an argument fails to pickle, the chunks sent before are released)."""
         if not callable(func):
             raise TypeError(
                 f"the first argument of map must be a callable, not {type(func).__name__}"
             )
         if not iterables:
             raise TypeError("map needs at least one iterable of arguments")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"map(batch_size={batch_size!r}): a positive number of tasks")
+        size = batch_size or GRAPH_CHUNK
         opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
         items = list(zip(*iterables))
         if opts.get("actor") or opts.get("actors"):  # one actor per item, as dask's
@@ -465,7 +469,7 @@ class Client(CollectionsMixin, DataMovement, ClusterOperations, ClusterAdmin, Da
             if task.key not in states:  # else submitted before, or earlier in this map
                 chunk.append(task)
             futures.append(Future(task.key, self))  # before the send: no report is missed
-            if len(chunk) == GRAPH_CHUNK:
+            if len(chunk) == size:
                 self._send_graph(chunk, funcs, [t.key for t in chunk])
                 chunk, funcs = [], {}
         if chunk:

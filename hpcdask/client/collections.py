@@ -370,7 +370,10 @@ def _pop_options(kwargs: dict, what: str) -> dict:
         raise TypeError(f"{what}() got unexpected keyword arguments {sorted(kwargs)}")
     unsupported = [k for k in ("actor", "actors") if opts.get(k)]
     if unsupported:
-        raise NotImplementedError(f"{what}(): {unsupported[0]}= is not supported yet")
+        raise NotImplementedError(
+            f"{what}({unsupported[0]}=): actors inside a dask graph are not implemented by "
+            "hpcdask; make them with client.submit(Cls, actor=True) or map(..., actor=True)"
+        )
     return opts
 
 
