@@ -214,10 +214,13 @@ class Nanny(NannyPluginHost, Server):
         waiter = asyncio.ensure_future(proc.wait())
         try:
             await asyncio.wait((waiter, crossed), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (the nanny closes): a worker it stopped must go too
+            if crossed.done() and proc.returncode is None:
+                proc.kill()
+            waiter.cancel()
+            raise
         finally:
             stop.set()
-            if not waiter.done() and not crossed.done():
-                waiter.cancel()
         if waiter.done() or not crossed.done():
             return None
         from ..utils.sizes import format_bytes
