@@ -87,7 +87,7 @@ def test_subprocess_cluster_runs_the_scheduler_in_a_process_of_its_own():
 def test_from_name_joins_a_detached_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCDASK_CLUSTERS_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="no running cluster named 'exp1'"):
-        Cluster.from_name("exp1")
+        Cluster.from_name("exp1", timeout=0.5)
     (tmp_path / "exp1").mkdir(mode=0o700)
     sched_file = str(tmp_path / "exp1" / "scheduler.json")
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GB",
@@ -104,6 +104,18 @@ def test_from_name_joins_a_detached_cluster(tmp_path, monkeypatch):
         finally:
             handle.close()
         assert owner.scheduler.status == "running"  # the handle left it running
+    # A record left behind by a scheduler that died without removing it: a clear error.
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    fd = os.open(sched_file, os.O_CREAT | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"type": "Scheduler", "address": dead, "secret": os.urandom(32).hex()}, f)
+    with pytest.raises(ConnectionError, match="'exp1': its scheduler at .* does not answer"):
+        Cluster.from_name("exp1", timeout=0.5)
 
 
 def test_adaptive_made_directly_or_by_adapt_with_dask_bounds(thread_cluster):

@@ -81,13 +81,14 @@ class Cluster(SyncAsync):
         return get_loop_thread().run_sync(lambda: func(*args, **kwargs), callback_timeout)
 
     @classmethod
-    def from_name(cls, name: str, asynchronous: bool = False) -> Cluster:
+    def from_name(cls, name: str, asynchronous: bool = False, timeout: float = 10) -> Cluster:
         """A handle on the detached cluster called `name` (`hpcdask cluster up --name`, or a
         JobQueueCluster with name= and shutdown_on_close=False), from any process of its
-        user; closing the handle leaves the cluster running."""
+        user; closing the handle leaves the cluster running. `timeout`: seconds to reach
+        its scheduler."""
         from .remote import NamedCluster
 
-        return NamedCluster(name, asynchronous=asynchronous)
+        return NamedCluster(name, asynchronous=asynchronous, timeout=timeout)
 
     def get_client(self) -> Any:
         """The current client if it is connected to this cluster, else a new one."""

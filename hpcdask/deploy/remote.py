@@ -27,9 +27,11 @@ from .spec import SpecCluster
 class RemoteScheduler:
     """A scheduler in another process: `.address`, `identity()` (cached) and `close()`."""
 
-    def __init__(self, address: str = "", security: Security | None = None) -> None:
+    def __init__(self, address: str = "", security: Security | None = None,
+                 timeout: float = 10) -> None:  # fmt: skip
         self.address = address
         self.security = security
+        self.timeout = timeout  # seconds to connect (a refused connection is retried)
         self.info: dict = {"workers": {}}
         self.status = "created"
         self._pool: Any = None
@@ -56,7 +58,7 @@ class RemoteScheduler:
     async def start(self) -> RemoteScheduler:
         from ..rpc import ConnectionPool
 
-        self._pool = ConnectionPool(security=self.security, timeout=10)
+        self._pool = ConnectionPool(security=self.security, timeout=self.timeout)
         await self.refresh()  # fails here, clearly, if nothing answers at the address
         self.status = "running"
         self._refresher = asyncio.ensure_future(self._keep_fresh())
@@ -189,7 +191,7 @@ class NamedCluster(Cluster):
     jobs outlive this handle, which closing leaves running (`hpcdask cluster down NAME`
     stops them)."""
 
-    def __init__(self, name: str, asynchronous: bool = False) -> None:
+    def __init__(self, name: str, asynchronous: bool = False, timeout: float = 10) -> None:
         from ..jobqueue.detached import lookup
         from ..utils.schedfile import read_scheduler_file
 
@@ -198,12 +200,20 @@ class NamedCluster(Cluster):
             raise ValueError(f"no running cluster named {name!r} for this user (see "
                              "`hpcdask cluster list`; `hpcdask cluster up --name` makes one)")  # fmt: skip
         self._address, secret = read_scheduler_file(path)
+        self._timeout = timeout
         super().__init__(asynchronous=asynchronous, security=Security(secret=secret),
                          name=name, shutdown_on_close=False)  # fmt: skip
         self._begin()
 
     async def _start_scheduler(self) -> Any:
-        return await RemoteScheduler(self._address, self.security).start()
+        handle = RemoteScheduler(self._address, self.security, self._timeout)
+        try:
+            return await handle.start()
+        except OSError as e:
+            await handle.close()
+            raise ConnectionError(f"cluster {self.name!r}: its scheduler at {self._address} "
+                                  f"does not answer ({e}); `hpcdask cluster list` shows its "
+                                  "jobs, `hpcdask cluster down` removes it") from e  # fmt: skip
 
     async def _close(self) -> None:
         scheduler = self.scheduler
