@@ -36,6 +36,8 @@ def test_dask_distributed_memory_keys_are_read():
     assert config.get("scheduler.worker-ttl") == 300
     with dask_config.set({"distributed.scheduler.worker-ttl": None}):
         assert config.get("scheduler.worker-ttl") == 0  # dask's None: never
+    with dask_config.set({"distributed.scheduler.allowed-failures": 5}):
+        assert config.get("scheduler.killed-worker-limit") == 6  # dask fails it at the 6th death
 
 
 def test_dask_layer_sits_below_our_files_and_environment(home, monkeypatch):
@@ -85,7 +87,8 @@ def test_dask_is_imported_only_when_its_files_could_set_distributed(home):
     ("key", "value", "says"),
     [("distributed.worker.memory.target", "lots", "fraction of memory_limit"),
      ("distributed.worker.memory.pause", 1.5, "between 0 and 1"),
-     ("distributed.scheduler.worker-ttl", "soon", "must be a duration")],
+     ("distributed.scheduler.worker-ttl", "soon", "must be a duration"),
+     ("distributed.scheduler.allowed-failures", -1, "number of worker deaths")],
 )  # fmt: skip
 def test_bad_dask_values_name_the_dask_key(key, value, says):
     with dask_config.set({key: value}), pytest.raises(ConfigError, match=f"{key}: .*{says}"):

@@ -6,8 +6,8 @@ defaults file, so a misspelt key or a wrong type fails loudly, naming the key an
 
 Batch clusters also read dask's `jobqueue.<system>` (or `jobqueue.<config_name>`) as a layer
 between the site profile and these files (`_dask.py`; only when asked, only if dask is installed).
-dask.distributed's `distributed.worker.memory.*` and `distributed.scheduler.worker-ttl` are a
-layer at the same place for every process (`_dask.DISTRIBUTED_KEYS`).
+dask.distributed's `distributed.worker.memory.*`, `scheduler.worker-ttl` and
+`scheduler.allowed-failures` are a layer at the same place for every process (`_dask.DISTRIBUTED_KEYS`).
 
 A process started by a nanny gets its parent's `config.set()` layers and that dask layer
 (`inherited_env()`, checked in the parent and again here), and dask's own configuration as

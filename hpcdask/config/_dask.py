@@ -90,6 +90,9 @@ DISTRIBUTED_KEYS = {
     "worker.memory.terminate": ("worker.memory.terminate", "fraction"),
     "worker.memory.monitor-interval": ("worker.memory.monitor-interval", "seconds"),
     "scheduler.worker-ttl": ("scheduler.worker-ttl", "seconds"),
+    # dask fails a task once more than allowed-failures workers died running it; ours counts
+    # the deaths that fail it: one more
+    "scheduler.allowed-failures": ("scheduler.killed-worker-limit", "failures"),
 }
 
 
@@ -114,6 +117,11 @@ def _convert(key: str, kind: str, value: Any) -> Any:
     from ._schema import ConfigError
 
     where = f"dask config distributed.{key}"
+    if kind == "failures":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value + 1
+        raise ConfigError(f"{where}: must be a number of worker deaths (0 or more), not "
+                          f"{value!r}")  # fmt: skip
     if kind == "fraction":
         if value is False:
             return 0.0

@@ -63,11 +63,12 @@ class Scheduler(WorkerLifecycle, Server):
         dashboard: bool = True,
         **kwargs: Any,
     ) -> None:
-        """`allowed_failures` and `dashboard` are dask.distributed's names: a task may kill
-        `allowed_failures` workers (= killed_worker_limit); `dashboard=False` turns it off."""
+        """`allowed_failures` and `dashboard` are dask.distributed's names: a task fails once
+        more than `allowed_failures` workers died running it (killed_worker_limit counts the
+        deaths that fail it: one more); `dashboard=False` turns the dashboard off."""
         check_options("Scheduler", kwargs, SCHEDULER)
-        if allowed_failures is not None:
-            killed_worker_limit = killed_worker_limit or allowed_failures
+        if allowed_failures is not None and killed_worker_limit is None:
+            killed_worker_limit = allowed_failures + 1
         if not dashboard:
             dashboard_address = None
         if security is None:
