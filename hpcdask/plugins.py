@@ -252,10 +252,10 @@ class UploadFile(WorkerPlugin):
     upload directory (on its `sys.path`); a .zip/.egg/.whl itself goes on `sys.path`; a module
     of that name already imported is reloaded."""
 
-    def __init__(self, filename: str, load: bool = True) -> None:
-        with open(filename, "rb") as f:
+    def __init__(self, filepath: str, load: bool = True) -> None:
+        with open(filepath, "rb") as f:
             self.data = f.read()
-        self.filename = os.path.basename(filename)
+        self.filename = os.path.basename(filepath)
         self.load = load
         self.name = f"upload-file-{self.filename}"
 

@@ -144,7 +144,7 @@ def test_upload_file_plugin_reaches_workers_that_join_later(tmp_path):
 
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GB") as cluster, \
             Client(cluster) as client:  # fmt: skip
-        client.register_plugin(UploadFile(str(path)))
+        client.register_plugin(UploadFile(filepath=str(path)))  # dask's argument name
         assert set(client.run(value).values()) == {7}
         cluster.scale(2)
         client.wait_for_workers(2, timeout=60)
