@@ -163,7 +163,7 @@ class FutureState:
                 exc = exc.loads()
             except Exception as e:  # the exception class may not exist on the client
                 exc = RuntimeError(f"{self.text} (its exception could not be unpickled here: {e})")
-            self._error = (exc,) + self._error[1:]  # type: ignore[operator]
+            self._error = (exc,) + (self._error or (None, None, "", ""))[1:]
         if not isinstance(exc, BaseException):
             exc = RuntimeError(self.text or f"task {self.key!r} failed")
         if self.traceback and exc.__cause__ is None and exc.__traceback__ is None:
@@ -184,19 +184,24 @@ class FutureState:
 class Future:
     """A remote result. `result()` waits for it; `await future` in async code."""
 
-    __slots__ = ("key", "client", "_state", "_released", "__weakref__")
+    # The key is the state's (a client holds one Future per pending task: a slot less is
+    # 16 bytes less each).
+    __slots__ = ("client", "_state", "_released", "__weakref__")
     __dask_future__ = True  # dask's graphs refer to it by key (dask._task_spec)
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
-        self.key = key
         self.client = client
         st = self._state = state or client._state_for(key)
         self._released = False
         st.refs += 1
 
     @property
+    def key(self) -> str:
+        return self._state.key
+
+    @property
     def _hpcdask_future_key(self) -> str:
-        return self.key
+        return self._state.key
 
     @property
     def status(self) -> str:
@@ -263,7 +268,7 @@ class Future:
             raise ValueError(f"bind_client: {client!r} talks to {client.scheduler_address}, "
                              f"this future's scheduler is {old.scheduler_address}")  # fmt: skip
         keeper = Future.__new__(Future)  # takes over the old hold, released later
-        keeper.key, keeper.client, keeper._state = self.key, old, self._state
+        keeper.client, keeper._state = old, self._state
         keeper._released = self._released
         new = Future(self.key, client)
         self.client, self._state, self._released = client, new._state, False
