@@ -114,15 +114,33 @@ class ClusterOperations:
         from ..plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
 
         if isinstance(plugin, NannyPlugin):  # to every nanny, before its worker (Environ)
-            return self._rpc("register-nanny-plugin", plugin=Pickled.dumps(plugin), name=name,
-                             idempotent=idempotent or plugin.idempotent)  # fmt: skip
+            return self._sync(self._register, "register-nanny-plugin", plugin=Pickled.dumps(plugin),
+                              name=name, idempotent=idempotent or plugin.idempotent)  # fmt: skip
         if isinstance(plugin, SchedulerPlugin) or (
             not isinstance(plugin, WorkerPlugin) and hasattr(plugin, "start")
         ):
             return self._rpc("register-scheduler-plugin", plugin=Pickled.dumps(plugin), name=name)
-        return self._rpc("register-worker-plugin", plugin=Pickled.dumps(plugin), name=name)
+        return self._sync(self._register, "register-worker-plugin", plugin=Pickled.dumps(plugin),
+                          name=name)  # fmt: skip
 
     register_worker_plugin = register_plugin
+
+    async def _register(self, op: str, **kwargs: Any) -> dict:
+        """{worker or nanny: reply}; a setup that failed anywhere is raised here, as dask's
+        does (the plugin stays registered for workers that can run it)."""
+        replies = await self.pool.call(self.scheduler_address, op, **kwargs)
+        for where, reply in (replies or {}).items():
+            if isinstance(reply, dict) and reply.get("status") == "error":
+                exc = reply.get("exception")
+                try:
+                    exc = exc.loads() if isinstance(exc, Pickled) else exc
+                except Exception:
+                    exc = None
+                if not isinstance(exc, BaseException):
+                    exc = RuntimeError(reply.get("text") or "plugin setup failed")
+                exc.add_note(f"(setting up plugin {kwargs.get('name')!r} on {where})")
+                raise exc
+        return replies
 
     def restart(self, timeout: float = 60, wait_for_workers: bool = True) -> Any:
         """Restart every worker (through its nanny) and forget all tasks."""
