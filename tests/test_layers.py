@@ -1,6 +1,7 @@
 """The layer order: what may import what (any scope, not only module level).
 
     0  config, core, protocol.records       decisions and wire layouts; import nothing above
+       utils.durations                      (a leaf: dask's duration syntax, for config)
     1  protocol                             encoding, the handshake, task specs
     2  comm.base, comm.registry, comm.addressing   the transport interface, address syntax
     3  security                             the secret, secret files, TLS credentials
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(hpcdask.__file__).parent
 LAYERS = [
-    ("hpcdask.config", "hpcdask.core", "hpcdask.protocol.records"),
+    ("hpcdask.config", "hpcdask.core", "hpcdask.protocol.records", "hpcdask.utils.durations"),
     ("hpcdask.protocol",),
     ("hpcdask.comm.base", "hpcdask.comm.registry", "hpcdask.comm.addressing"),
     ("hpcdask.security",),
