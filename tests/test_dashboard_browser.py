@@ -22,6 +22,7 @@ import pytest
 
 from hpcdask import Client, LocalCluster, Security
 from hpcdask.jobqueue._testing import requires_slurm
+from hpcdask.testing.polling import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,15 +98,8 @@ class Browser:
         return r["result"].get("value")
 
     def wait_until(self, expression: str, timeout: float = 20):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"still false after {timeout}s in the browser: {expression}")
-            self.call("Runtime.evaluate", session=True, expression="0")  # a cheap round trip
-            time.sleep(0.05)
+        return wait_for(lambda: self.evaluate(expression), timeout, 0.05,
+                        what=f"in the browser: {expression}")  # fmt: skip
 
     def errors(self) -> list[str]:
         out = []

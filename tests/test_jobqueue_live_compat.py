@@ -10,13 +10,13 @@ output and run the job script for real (hpcdask.jobqueue._testing.fake_torque).
 from __future__ import annotations
 
 import operator
-import time
 
 import pytest
 
 from hpcdask import Client
 from hpcdask.jobqueue import JobFailedError, PBSCluster, SGECluster, SLURMCluster
 from hpcdask.jobqueue._testing import fake_torque, requires_sge, requires_slurm
+from hpcdask.testing.polling import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,12 +33,7 @@ def dask_setup(worker):
 
 
 def until(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.1)
-    return value
+    return wait_for(predicate, timeout, 0.1, what=what)  # the queue is polled gently
 
 
 @pytest.fixture

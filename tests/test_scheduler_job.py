@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -16,6 +15,7 @@ from hpcdask import Client
 from hpcdask.jobqueue import SGECluster, SLURMCluster
 from hpcdask.jobqueue._testing import requires_sge, requires_slurm
 from hpcdask.jobqueue.scheduler_job import BatchScheduler, render_scheduler_script
+from hpcdask.testing.polling import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,12 +35,7 @@ def queued(system: str) -> set[str]:
 
 
 def until(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.2)
-    return value
+    return wait_for(predicate, timeout, 0.2, what=what)  # the queue is polled gently
 
 
 @pytest.fixture

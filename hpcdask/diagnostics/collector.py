@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from ..comm import Comm
 from ..plugins import SchedulerPlugin
 from .recorder import unpack_columns
 
@@ -321,21 +322,21 @@ class Collector(SchedulerPlugin):
 
     # ------------------------------------------------------------ requests from clients
 
-    async def _handle_task_stream(self, comm: Any, msg: dict) -> list:
+    async def _handle_task_stream(self, comm: Comm, msg: dict) -> list:
         await self.poll()
         return self.task_stream(msg.get("start"), msg.get("stop"), msg.get("count"))
 
-    async def _handle_begin(self, comm: Any, msg: dict) -> float:
+    async def _handle_begin(self, comm: Comm, msg: dict) -> float:
         await self.poll()  # what ran before the block is not part of it
         self.want(math.inf, msg["name"])
         return time.time()
 
-    async def _handle_end(self, comm: Any, msg: dict) -> list:
+    async def _handle_end(self, comm: Comm, msg: dict) -> list:
         await self.poll()
         self.unwant(msg["name"])
         return self.task_stream(msg.get("start"))
 
-    async def _handle_report(self, comm: Any, msg: dict) -> dict:
+    async def _handle_report(self, comm: Comm, msg: dict) -> dict:
         await self.poll()
         self.unwant(msg["name"])
         start = msg["start"]
@@ -349,7 +350,7 @@ class Collector(SchedulerPlugin):
             "counts": self.counts(),
         }  # fmt: skip
 
-    async def _handle_worker_logs(self, comm: Any, msg: dict) -> dict:
+    async def _handle_worker_logs(self, comm: Comm, msg: dict) -> dict:
         return await worker_logs(self.scheduler, msg.get("n"), msg.get("workers"))
 
 

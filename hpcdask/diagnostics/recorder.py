@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from typing import Any
 
 import msgpack
+
+from ..comm import Comm
 
 
 def pack_columns(rows: list) -> list:
@@ -86,5 +87,5 @@ class TaskRecorder:
             "bytes_received": self.bytes_received, "transfers_done": self.transfers_done,
         }  # fmt: skip
 
-    async def handler(self, comm: Any, msg: dict) -> dict:
+    async def handler(self, comm: Comm, msg: dict) -> dict:
         return self.drain()

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from ..comm import Comm
 from ..core import scheduler_events as ev
 from ..core.amm import plan_reduce_replicas
 from ..utils.versions import get_versions
@@ -61,7 +62,7 @@ def install(scheduler: Any) -> None:
     state = scheduler.state
     scheduler.amm = amm = ActiveMemoryManager(scheduler)
 
-    async def restart_workers(comm: Any, msg: dict) -> dict:
+    async def restart_workers(comm: Comm, msg: dict) -> dict:
         """{given name: "OK" | "removed" | "timed out"}: each worker under a nanny closes
         for a restart and must come back (by name) within the timeout; one without a nanny
         is closed ("removed"), as dask.distributed does."""
@@ -107,7 +108,7 @@ def install(scheduler: Any) -> None:
             out[a] = "timed out"
         return {"result": [[given[a], s] for a, s in out.items()]}
 
-    async def unregister_worker_plugin(comm: Any, msg: dict) -> dict:
+    async def unregister_worker_plugin(comm: Comm, msg: dict) -> dict:
         name = msg["name"]
         if name not in scheduler.worker_plugins:
             return {"missing": sorted(scheduler.worker_plugins)}
@@ -116,7 +117,7 @@ def install(scheduler: Any) -> None:
                                                     "payload": {"name": name}})  # fmt: skip
         return {"replies": replies}
 
-    async def unregister_scheduler_plugin(comm: Any, msg: dict) -> dict:
+    async def unregister_scheduler_plugin(comm: Comm, msg: dict) -> dict:
         name = msg["name"]
         plugin = scheduler.plugins.pop(name, None)
         if plugin is None:
@@ -129,7 +130,7 @@ def install(scheduler: Any) -> None:
                     await result
         return {}
 
-    async def nbytes(comm: Any, msg: dict) -> dict:
+    async def nbytes(comm: Comm, msg: dict) -> dict:
         keys = msg.get("keys")
         tasks = state.tasks
         if keys is None:
@@ -144,10 +145,10 @@ def install(scheduler: Any) -> None:
             out[prefix] = out.get(prefix, 0) + ts.nbytes
         return out
 
-    async def versions(comm: Any, msg: dict) -> dict:
+    async def versions(comm: Comm, msg: dict) -> dict:
         return get_versions(msg.get("packages") or ())
 
-    async def benchmark_hardware(comm: Any, msg: dict) -> dict:
+    async def benchmark_hardware(comm: Comm, msg: dict) -> dict:
         workers = list(scheduler.worker_streams)
         if not workers:
             raise ValueError("benchmark_hardware needs at least one worker")
@@ -166,7 +167,7 @@ def install(scheduler: Any) -> None:
                                                                 range(len(workers)))))  # fmt: skip
         return {kind: _mean(results) for kind, results in per_kind.items()}
 
-    async def amm_request(comm: Any, msg: dict) -> Any:
+    async def amm_request(comm: Comm, msg: dict) -> Any:
         action = msg["action"]
         if action == "start":
             amm.start(msg.get("interval"))

@@ -14,6 +14,7 @@ import itertools
 import time
 from typing import Any
 
+from ..comm import Comm
 from ..core import coordination as co
 from ..core import scheduler_events as ev
 
@@ -64,7 +65,7 @@ class CoordinationServer:
             elif kind is co.Unhold:
                 sched.apply(ev.ReleaseKeys(ins.holder, ins.keys))
 
-    async def handle(self, comm: Any, msg: dict) -> dict:
+    async def handle(self, comm: Comm, msg: dict) -> dict:
         """``{"op": "coord", "request": ..., **fields, "timeout": seconds or None}``."""
         kind = msg.pop("request")
         cls = _EVENTS.get(kind)

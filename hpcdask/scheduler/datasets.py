@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..comm import Comm
 from ..core import scheduler_events as ev
 
 PREFIX = "published-dataset:"
@@ -24,7 +25,7 @@ def install(scheduler: Any) -> None:
     datasets: dict[str, dict] = {}
     scheduler.datasets = datasets
 
-    async def publish(comm: Any, msg: dict) -> dict:
+    async def publish(comm: Comm, msg: dict) -> dict:
         name = msg["name"]
         if name in datasets and not msg.get("override"):
             return {"status": "error", "text": f"a dataset named {name!r} is already published; "
@@ -37,16 +38,16 @@ def install(scheduler: Any) -> None:
         )
         return {"status": "OK"}
 
-    async def get(comm: Any, msg: dict) -> dict:
+    async def get(comm: Comm, msg: dict) -> dict:
         entry = datasets.get(msg["name"])
         if entry is None:
             return {"status": "missing"}
         return {"status": "OK", "data": entry["data"], "keys": entry["keys"]}
 
-    async def names(comm: Any, msg: dict) -> list:
+    async def names(comm: Comm, msg: dict) -> list:
         return sorted(datasets)
 
-    async def unpublish(comm: Any, msg: dict) -> dict:
+    async def unpublish(comm: Comm, msg: dict) -> dict:
         name = msg["name"]
         if datasets.pop(name, None) is None:
             return {"status": "missing"}

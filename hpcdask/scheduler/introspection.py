@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+from ..comm import Comm
 from ..core import rebalance
 from ..core import scheduler_events as ev
 
@@ -35,18 +36,18 @@ def _tasks(scheduler: Any, keys: Any) -> list:
 def install(scheduler: Any) -> None:
     metadata: dict = {}
 
-    async def has_what(comm: Any, msg: dict) -> dict:
+    async def has_what(comm: Comm, msg: dict) -> dict:
         return {ws.address: sorted(ts.key for ts in ws.has_what)
                 for ws in _workers(scheduler, msg.get("workers"))}  # fmt: skip
 
-    async def nthreads(comm: Any, msg: dict) -> dict:
+    async def nthreads(comm: Comm, msg: dict) -> dict:
         return {ws.address: ws.nthreads for ws in _workers(scheduler, msg.get("workers"))}
 
-    async def processing(comm: Any, msg: dict) -> dict:
+    async def processing(comm: Comm, msg: dict) -> dict:
         return {ws.address: sorted(ts.key for ts in ws.processing)
                 for ws in _workers(scheduler, msg.get("workers"))}  # fmt: skip
 
-    async def call_stack(comm: Any, msg: dict) -> dict:
+    async def call_stack(comm: Comm, msg: dict) -> dict:
         keys = msg.get("keys")
         workers = {ws.address for ws in _workers(scheduler, msg.get("workers"))}
         if keys is not None:
@@ -58,7 +59,7 @@ def install(scheduler: Any) -> None:
         return {w: r for w, r in replies.items() if r and isinstance(r, dict) and
                 r.get("status") != "error"}  # fmt: skip
 
-    async def replicate(comm: Any, msg: dict) -> dict:
+    async def replicate(comm: Comm, msg: dict) -> dict:
         workers = _workers(scheduler, msg.get("workers"))
         tasks = _tasks(scheduler, msg["keys"])
         plan = rebalance.plan_replicate(tasks, workers, msg.get("n"))
@@ -70,7 +71,7 @@ def install(scheduler: Any) -> None:
                           msg.get("timeout") or 60)  # fmt: skip
         return {"copies": sum(len(d) for d in plan.values())}
 
-    async def rebalance_(comm: Any, msg: dict) -> dict:
+    async def rebalance_(comm: Comm, msg: dict) -> dict:
         workers = _workers(scheduler, msg.get("workers"))
         tasks = _tasks(scheduler, msg.get("keys"))
         moves = rebalance.plan_rebalance(tasks, workers)
@@ -89,14 +90,14 @@ def install(scheduler: Any) -> None:
             scheduler.apply(ev.DropReplicas(src, keys), stimulus_id=f"rebalance of {len(keys)}")
         return {"moved": len(moves)}
 
-    async def set_metadata(comm: Any, msg: dict) -> None:
+    async def set_metadata(comm: Comm, msg: dict) -> None:
         *path, last = msg["keys"]
         node = metadata
         for k in path:
             node = node.setdefault(k, {})
         node[last] = msg["value"]
 
-    async def get_metadata(comm: Any, msg: dict) -> dict:
+    async def get_metadata(comm: Comm, msg: dict) -> dict:
         node: Any = metadata
         for k in msg["keys"]:
             if not isinstance(node, dict) or k not in node:
@@ -104,7 +105,7 @@ def install(scheduler: Any) -> None:
             node = node[k]
         return {"status": "OK", "value": node}
 
-    async def dump_state(comm: Any, msg: dict) -> dict:
+    async def dump_state(comm: Comm, msg: dict) -> dict:
         state = scheduler.state
         tasks = {}
         for key, ts in state.tasks.items():

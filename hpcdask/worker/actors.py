@@ -14,6 +14,7 @@ import concurrent.futures
 import inspect
 from typing import Any
 
+from ..comm import Comm
 from ..protocol.serialize import Pickled
 
 
@@ -31,7 +32,7 @@ def install(worker: Any) -> None:
     worker.actors = {}
     pool: list = []
 
-    async def call(comm: Any, msg: dict) -> dict:
+    async def call(comm: Comm, msg: dict) -> dict:
         obj = worker.actors.get(msg["key"])
         if obj is None:
             return {"status": "lost", "text": f"no actor {msg['key']!r} on {worker.address}"}

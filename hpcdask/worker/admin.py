@@ -13,6 +13,7 @@ import tempfile
 import time
 from typing import Any
 
+from ..comm import Comm
 from ..utils.sizes import format_bytes
 from ..utils.versions import get_versions
 
@@ -59,7 +60,7 @@ def benchmark_disk(directory: str) -> dict:
 
 
 def install(worker: Any) -> None:
-    async def plugin_remove(comm: Any, msg: dict) -> dict:
+    async def plugin_remove(comm: Comm, msg: dict) -> dict:
         plugin = worker.plugins.pop(msg["name"], None)
         teardown = getattr(plugin, "teardown", None)
         if teardown is not None:
@@ -71,18 +72,18 @@ def install(worker: Any) -> None:
                 return {"status": "error", "text": f"{type(e).__name__}: {e}"}
         return {"status": "OK", "removed": plugin is not None}
 
-    async def versions(comm: Any, msg: dict) -> dict:
+    async def versions(comm: Comm, msg: dict) -> dict:
         return get_versions(msg.get("packages") or ())
 
-    async def memory(comm: Any, msg: dict) -> dict:
+    async def memory(comm: Comm, msg: dict) -> dict:
         return await asyncio.get_running_loop().run_in_executor(None, benchmark_memory)
 
-    async def disk(comm: Any, msg: dict) -> dict:
+    async def disk(comm: Comm, msg: dict) -> dict:
         return await asyncio.get_running_loop().run_in_executor(
             None, benchmark_disk, worker.local_directory
         )
 
-    async def network(comm: Any, msg: dict) -> dict:
+    async def network(comm: Comm, msg: dict) -> dict:
         peer = msg["peer"]
         out = {}
         for size in SIZES:
@@ -99,7 +100,7 @@ def install(worker: Any) -> None:
             out[format_bytes(size)] = size * n / elapsed
         return out
 
-    async def sink(comm: Any, msg: dict) -> int:
+    async def sink(comm: Comm, msg: dict) -> int:
         return len(msg["data"])
 
     worker.handlers.update({

@@ -6,6 +6,8 @@ import sys
 import traceback
 from typing import Any
 
+from ..comm import Comm
+
 
 def running_stacks(keys: Any = None) -> dict[str, list[str]]:
     """{key: formatted frames} of the tasks running in this process now, found by the task
@@ -31,11 +33,11 @@ def running_stacks(keys: Any = None) -> dict[str, list[str]]:
 
 
 def install(worker: Any) -> None:
-    async def call_stack(comm: Any, msg: dict) -> dict:
+    async def call_stack(comm: Comm, msg: dict) -> dict:
         keys = msg.get("keys")
         return running_stacks(set(keys) if keys is not None else None)
 
-    async def dump_state(comm: Any, msg: dict) -> dict:
+    async def dump_state(comm: Comm, msg: dict) -> dict:
         state = worker.state
         return {
             "address": worker.address, "nthreads": worker.nthreads, "status": worker.status,

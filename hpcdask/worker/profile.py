@@ -14,6 +14,8 @@ import sys
 import threading
 from typing import Any
 
+from ..comm import Comm
+
 INTERVAL = 0.01
 
 
@@ -112,7 +114,7 @@ def _add(into: dict, node: dict) -> None:
 def install(worker: Any) -> None:
     profiler = worker.profiler = Profiler()
 
-    async def profile(comm: Any, msg: dict) -> dict:
+    async def profile(comm: Comm, msg: dict) -> dict:
         if not profiler.running:
             profiler.start()
             await asyncio.sleep(1.0)  # a first window of samples to answer with
