@@ -125,6 +125,53 @@ def rows() -> dict[str, list[tuple[str, bool, str]]]:
     return out
 
 
+#: Constructor options hpcdask takes under dask.distributed's name other than as a parameter.
+_TAKEN = {
+    "LocalCluster": {"ip": "the scheduler's host (dask's older name)",
+                     "scheduler_kwargs": "merged into `scheduler_options`"},
+}  # fmt: skip
+UNHANDLED = "UNHANDLED: neither implemented nor refused"
+
+
+def option_rows() -> dict[str, list[tuple[str, bool, str]]]:
+    """{"Cls()": [(option, implemented, note)]} for the constructors' keyword options: an
+    option is implemented (a parameter, or passed on to the worker), or refused by name
+    (hpcdask/utils/options.py, client.py's list); anything else would be silently ignored."""
+    import inspect
+
+    import distributed
+
+    import hpcdask
+    from hpcdask.client.client import _NOT_IMPLEMENTED
+    from hpcdask.utils import options
+
+    tables = {"Client": {k: options.Option() for k in _NOT_IMPLEMENTED},
+              "Scheduler": options.SCHEDULER, "Worker": options.WORKER,
+              "Nanny": options.NANNY, "LocalCluster": options.LOCAL_CLUSTER}  # fmt: skip
+    passed_on = {"Nanny": hpcdask.Nanny.WORKER_OPTIONS,
+                 "LocalCluster": hpcdask.Nanny.WORKER_OPTIONS}  # fmt: skip
+    out: dict[str, list[tuple[str, bool, str]]] = {}
+    for surface, refused in tables.items():
+        theirs = inspect.signature(getattr(distributed, surface)).parameters
+        ours = inspect.signature(getattr(hpcdask, surface)).parameters
+        rows_ = []
+        for name, p in theirs.items():
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            if name in ours or name in passed_on.get(surface, ()):
+                note = "passed on to every worker" if name not in ours else ""
+                rows_.append((name, True, note))
+            elif name in _TAKEN.get(surface, {}):
+                rows_.append((name, True, _TAKEN[surface][name]))
+            elif name in refused:
+                why = refused[name].why
+                rows_.append((name, False, "NotImplementedError" + (f": {why}" if why else "")))
+            else:
+                rows_.append((name, False, UNHANDLED))
+        out[f"{surface}()"] = rows_
+    return out
+
+
 def render(table: dict[str, list[tuple[str, bool, str]]]) -> str:
     import distributed
 
@@ -136,12 +183,17 @@ def render(table: dict[str, list[tuple[str, bool, str]]]) -> str:
         "differs from what the script writes (a name claimed here went missing, or a new one "
         "came). Present means the name exists in hpcdask; behaviour is documented where it "
         "is implemented. An option of dask.distributed that hpcdask does not implement is a "
-        "`NotImplementedError` naming it.",
+        "`NotImplementedError` naming it. The last tables list the constructors' keyword "
+        "options: implemented, or refused with what to use instead (given at the value that "
+        "asks for nothing, such as `validate=False`, they are accepted); the test fails on an "
+        "option that is neither.",
         "",
     ]
     for surface, entries in table.items():
         have = sum(p for _, p, _ in entries)
         title = "Top level (`distributed.__all__`)" if surface == "hpcdask" else f"`{surface}`"
+        if surface.endswith("()"):
+            title = f"`{surface}` keyword options"
         lines += [f"## {title}: {have} of {len(entries)}", "", "| name | hpcdask | notes |",
                   "|---|---|---|"]  # fmt: skip
         for name, present, note in entries:
@@ -151,7 +203,7 @@ def render(table: dict[str, list[tuple[str, bool, str]]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render(rows())
+    text = render({**rows(), **option_rows()})
     if "--check" in argv:
         return 0 if DOC.exists() and DOC.read_text() == text else 1
     DOC.write_text(text)

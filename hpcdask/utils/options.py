@@ -120,6 +120,10 @@ NANNY = {
     "worker_port": Option("pass port= (the worker's port; the nanny listens on none)"),
     "listen_address": Option("pass protocol=, host= and port="),
     "worker_class": Option("the nanny starts hpcdask's Worker"),
+    "config": Option(
+        "the worker gets this process's config.set() layers: set them around the "
+        "Nanny, or pass env={'HPCDASK_...': ...}"
+    ),
 }
 for _name in ("preload", "preload_argv"):
     del NANNY[_name]  # the nanny implements these
@@ -133,6 +137,7 @@ LOCAL_CLUSTER = {
     "loop": Option("hpcdask runs its own event loop; asynchronous=True for yours"),
     "start": Option("a LocalCluster starts when made (awaited, with asynchronous=True)", True),
     "worker_dashboard_address": Option(_NO_WORKER_DASHBOARD),
+    "worker_services": Option("workers serve no HTTP; the scheduler's dashboard shows them"),
     "preload": Option("preload= runs in worker processes: processes=True"),
     "preload_argv": Option("preload_argv= runs in worker processes: processes=True"),
     "blocked_handlers": Option("every handler already needs the cluster's secret"),
