@@ -311,15 +311,21 @@ class WorkerState:
         self._inputs_done(ts)
         self._wake_dependents(ts)
 
-    def _failure(self, ev: ExecuteFailure) -> None:
-        ts = self.tasks.get(ev.key)
+    def _run_ended(self, key: str) -> WTask | None:
+        """The task whose run failed or gave up, if that still matters: its thread is free
+        again, and a task cancelled meanwhile is forgotten."""
+        ts = self.tasks.get(key)
         if ts is None:
-            return
+            return None
         self._release_slot(ts)
         if ts.state == "cancelled":
             self._forget(ts)
-            return
-        if ts.state != "executing":
+            return None
+        return ts if ts.state == "executing" else None
+
+    def _failure(self, ev: ExecuteFailure) -> None:
+        ts = self._run_ended(ev.key)
+        if ts is None:
             return
         self._transition(ts, "error")
         self._out.append(SendToScheduler({"op": "task-erred", "key": ts.key,
@@ -329,14 +335,8 @@ class WorkerState:
         self._forget(ts, drop=False)
 
     def _reschedule(self, ev: RescheduleTask) -> None:
-        ts = self.tasks.get(ev.key)
+        ts = self._run_ended(ev.key)
         if ts is None:
-            return
-        self._release_slot(ts)
-        if ts.state == "cancelled":
-            self._forget(ts)
-            return
-        if ts.state != "executing":
             return
         self._transition(ts, "rescheduled")
         self._out.append(SendToScheduler({"op": "reschedule", "key": ts.key}))

@@ -28,6 +28,7 @@ from typing import Any
 import jinja2
 
 from ..core import retirement
+from ..deploy.remote import RemoteScheduler
 from . import script
 from .batch import ENDED, JobSubmissionError, tail
 
@@ -131,18 +132,18 @@ def tls_args(security: Any, directory: Path) -> list[str]:
     return args + (["--tls-key", str(key)] if key else [])
 
 
-class BatchScheduler:
-    """A scheduler running in a batch job, seen from the cluster that submitted it."""
+class BatchScheduler(RemoteScheduler):
+    """A scheduler running in a batch job, seen from the cluster that submitted it (through
+    the cluster's connection pool)."""
 
     def __init__(self, cluster: Any, job_id: str, directory: Path, address: str) -> None:
+        super().__init__(address, cluster.security)
         self.cluster = cluster
         self.job_id = job_id
         self.directory = directory
-        self.address = address
         self.worker_info: dict[str, dict] = {}
         self.state = SimpleNamespace(workers={}, retirement_order=self._retirement_order)
-        self.info: dict = {"workers": {}}
-        self._refresher: asyncio.Task | None = None
+        self._pool = cluster._pool
         self.status = "running"
 
     def __repr__(self) -> str:
@@ -151,38 +152,26 @@ class BatchScheduler:
     def _retirement_order(self, groups: Any = None) -> list:
         return retirement.order(self.state.workers, groups)
 
-    def identity(self) -> dict:
-        return self.info
-
     @property
     def dashboard_link(self) -> str | None:
         from ..dashboard import link_from_identity
 
         return link_from_identity(self.address, self.info, self.cluster.security.secret)
 
-    async def refresh(self) -> None:
-        info = await self.cluster._pool.call(self.address, "identity")
-        self.info = info
+    async def refresh(self) -> dict:
+        info = await super().refresh()
         self.worker_info = {a: w for a, w in info["workers"].items()}
         self.state.workers = {
             a: SimpleNamespace(processing=range(w.get("processing", 0)), nbytes=w.get("nbytes", 0))
             for a, w in info["workers"].items()
         }  # fmt: skip
-
-    async def _keep_fresh(self, interval: float = 0.5) -> None:
-        while self.status == "running":
-            try:
-                await self.refresh()
-            except Exception:
-                pass
-            await asyncio.sleep(interval)
+        return info
 
     def start_refreshing(self) -> None:
         self._refresher = asyncio.ensure_future(self._keep_fresh())
 
     async def retire_workers(self, workers: list[str], close: bool = True, **kw: Any) -> list:
-        return await self.cluster._pool.call(self.address, "retire-workers", workers=workers,
-                                             close=close)  # fmt: skip
+        return await self._pool.call(self.address, "retire-workers", workers=workers, close=close)
 
     async def close(self) -> None:
         """Stop the scheduler and its job, and forget the cluster's directory."""
@@ -192,7 +181,7 @@ class BatchScheduler:
         if self._refresher is not None:
             self._refresher.cancel()
         try:
-            await asyncio.wait_for(self.cluster._pool.call(self.address, "terminate"), 5)
+            await asyncio.wait_for(self._pool.call(self.address, "terminate"), 5)
         except Exception:
             pass
         try:
