@@ -155,10 +155,12 @@ async def test_slurm_submit_status_cancel(tmp_path):
         ok = st[long_id].state == RUNNING and st[bad_id].state == FAILED and st[stuck_id].hopeless
         return st if ok else None
 
-    st = await until(settled)
-    assert st[bad_id].reason == "NonZeroExitCode" and st[stuck_id].reason == "PartitionConfig"
-    assert "oops" in tail(b.output_files(bad_id, "t", str(tmp_path), ".")[0])
-    await b.cancel([long_id, stuck_id])
+    try:
+        st = await until(settled)
+        assert st[bad_id].reason == "NonZeroExitCode" and st[stuck_id].reason == "PartitionConfig"
+        assert "oops" in tail(b.output_files(bad_id, "t", str(tmp_path), ".")[0])
+    finally:  # a failed run must not leave a job pending forever in the queue
+        await b.cancel([long_id, stuck_id])
 
     async def cancelled():
         st = await b.status([long_id, stuck_id])
@@ -196,18 +198,19 @@ async def test_sge_submit_status_cancel(tmp_path):
         ok = (st[long_id].state, st[bad_id].state, st[stuck_id].state) == (RUNNING, FAILED, PENDING)
         return st if ok else None
 
-    st = await until(settled)
-    assert "exit status 3" in st[bad_id].reason
-    assert "oops" in tail(b.output_files(bad_id, "t", None, str(tmp_path))[0])
-
     async def explained():
         # While other jobs fill the queue, SGE only says it is full; the reason this job can
         # never run (mem_free) shows once a slot is free.
         text = (await b.explain([stuck_id])).get(stuck_id) or ""
         return text if "mem_free" in text else None
 
-    assert "cannot run" in await until(explained, timeout=90)
-    await b.cancel([long_id, stuck_id])
+    try:
+        st = await until(settled)
+        assert "exit status 3" in st[bad_id].reason
+        assert "oops" in tail(b.output_files(bad_id, "t", None, str(tmp_path))[0])
+        assert "cannot run" in await until(explained, timeout=90)
+    finally:  # a failed run must not leave a job pending forever in the queue
+        await b.cancel([long_id, stuck_id])
 
     async def gone():
         st = await b.status([long_id, stuck_id])
