@@ -21,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,12 @@ def disk_write(directory: str, chunks: int, sync: bool = False) -> float:
     return elapsed
 
 
+def _spill_metrics(dask_worker: Any) -> dict:
+    from hpcdask.worker import memory
+
+    return memory.metrics(dask_worker.data, dask_worker.state.nbytes_in_memory)
+
+
 def run(backend: str, limit: int, chunks: int, directory: str) -> tuple[float, dict | None]:
     """One timed run on `backend` ("hpcdask" or "distributed"); hpcdask also reports its
     worker's memory metrics."""
@@ -74,7 +81,7 @@ def run(backend: str, limit: int, chunks: int, directory: str) -> tuple[float, d
         assert abs(sum(sums) - expected(chunks)) < 1e-3 * abs(expected(chunks)), sums
         if backend != "hpcdask":
             return elapsed, None
-        return elapsed, next(iter(client.scheduler_info()["workers"].values()))["metrics"]
+        return elapsed, next(iter(client.run(_spill_metrics).values()))  # now, not a heartbeat's
 
 
 def main() -> None:
@@ -89,13 +96,19 @@ def main() -> None:
     nbytes = chunks * CHUNK
     rows: dict[str, list[float]] = {"disk": [], "disk-fsync": [], "hpcdask": [], "distributed": []}
     last_metrics: dict = {}
-    for _ in range(args.reps):
+    backends = ["hpcdask"] + ([] if args.no_distributed else ["distributed"])
+    for rep in range(args.reps):
+        # Each sample starts with no dirty pages left by the one before (written back, not
+        # timed), and the backends alternate: neither always follows the other's writes.
+        os.sync()
         rows["disk"].append(disk_write(args.dir, chunks))
+        os.sync()
         rows["disk-fsync"].append(disk_write(args.dir, chunks, sync=True))
-        t, last_metrics = run("hpcdask", limit, chunks, args.dir)
-        rows["hpcdask"].append(t)
-        if not args.no_distributed:
-            rows["distributed"].append(run("distributed", limit, chunks, args.dir)[0])
+        for backend in backends if rep % 2 == 0 else backends[::-1]:
+            os.sync()
+            t, metrics = run(backend, limit, chunks, args.dir)
+            rows[backend].append(t)
+            last_metrics = metrics or last_metrics
     print(f"dataset {nbytes / MIB:.0f} MiB = {chunks} x 50 MiB on one worker with "
           f"memory_limit={args.limit_mib} MiB; median of {args.reps}")  # fmt: skip
     disk = statistics.median(rows["disk"])
