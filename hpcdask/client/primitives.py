@@ -502,10 +502,10 @@ class EventLog:
             return {t: tuple(tuple(e) for e in events) for t, events in value.items()}
         return tuple(tuple(e) for e in value)
 
-    def subscribe_topic(self, topic: str, handler: Any) -> Any:
-        """`handler((time, msg))` runs in the client's event loop for each new event."""
-        handlers = self.__dict__.setdefault("_topic_handlers", {})
-        handlers[topic] = handler
+    def _topic_handlers(self) -> dict:
+        """{topic: handler} that the scheduler's "event" messages are dispatched to (in the
+        client's event loop); the dispatch is installed on first use."""
+        handlers = self.__dict__.setdefault("_topic_handler_map", {})
         if "event" not in self._stream_handlers:
 
             def dispatch(msg: dict) -> None:
@@ -516,10 +516,15 @@ class EventLog:
                         asyncio.ensure_future(result)
 
             self._stream_handlers["event"] = dispatch
+        return handlers
+
+    def subscribe_topic(self, topic: str, handler: Any) -> Any:
+        """`handler((time, msg))` runs in the client's event loop for each new event."""
+        self._topic_handlers()[topic] = handler
         return self._sync(self._coord, "subscribe", name=f"event:{topic}", client=self.id)
 
     def unsubscribe_topic(self, topic: str) -> Any:
-        self.__dict__.get("_topic_handlers", {}).pop(topic, None)
+        self.__dict__.get("_topic_handler_map", {}).pop(topic, None)
         return self._sync(self._coord, "subscribe", name=f"event:{topic}", client=self.id,
                           on=False)  # fmt: skip
 

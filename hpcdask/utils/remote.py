@@ -27,9 +27,15 @@ async def run_remote(msg: dict, **injected: Any) -> dict:
         if inspect.isawaitable(result):
             result = await result
     except Exception as e:
-        try:
-            exc = Pickled.dumps(e)
-        except Exception:
-            exc = Pickled.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
-        return {"status": "error", "exception": exc, "text": f"{type(e).__name__}: {e}"}
+        return error_reply(e)
     return {"status": "OK", "result": Pickled.dumps(result)}
+
+
+def error_reply(e: Exception) -> dict:
+    """The reply for a remote call that raised: the exception (pickled, or a RuntimeError of
+    its text where it does not pickle) and its text."""
+    try:
+        exc = Pickled.dumps(e)
+    except Exception:
+        exc = Pickled.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
+    return {"status": "error", "exception": exc, "text": f"{type(e).__name__}: {e}"}

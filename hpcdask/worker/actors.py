@@ -16,6 +16,7 @@ from typing import Any
 
 from ..comm import Comm
 from ..protocol.serialize import Pickled
+from ..utils.remote import error_reply
 
 
 def construct(cls: type, args: tuple, kwargs: dict, make_ref: Any) -> Any:
@@ -50,11 +51,7 @@ def install(worker: Any) -> None:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(pool[0], lambda: attr(*args, **kwargs))
         except Exception as e:
-            try:
-                exc = Pickled.dumps(e)
-            except Exception:
-                exc = Pickled.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
-            return {"status": "error", "exception": exc, "text": f"{type(e).__name__}: {e}"}
+            return error_reply(e)
         return {"status": "OK", "result": Pickled.dumps(result)}
 
     worker.handlers["actor-call"] = call

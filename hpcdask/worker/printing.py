@@ -85,19 +85,6 @@ def install_client_handlers(client: Any) -> None:
     """Print and warn what the cluster's tasks do (the scheduler sends every client their
     events); `client.unsubscribe_topic("print")` stops it. No round trip: called in
     `Client.__init__`."""
-    handlers = client.__dict__.setdefault("_topic_handlers", {})
+    handlers = client._topic_handlers()
     handlers.setdefault("print", _handle_print)
     handlers.setdefault("warn", _handle_warn)
-    if "event" in client._stream_handlers:
-        return
-
-    def dispatch(msg: dict) -> None:  # the same dispatch as `subscribe_topic` installs
-        import asyncio
-
-        handler = handlers.get(msg["topic"])
-        if handler is not None:
-            result = handler(tuple(msg["event"]))
-            if asyncio.iscoroutine(result):
-                asyncio.ensure_future(result)
-
-    client._stream_handlers["event"] = dispatch

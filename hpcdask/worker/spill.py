@@ -247,15 +247,7 @@ def _remove_stale(directory: str) -> None:
 def _writev_all(fd: int, frames: list) -> None:
     views = [memoryview(f).cast("B") for f in frames if memoryview(f).nbytes]
     while views:
-        written = os.writev(fd, views[:1024])
-        while written and views:
-            n = views[0].nbytes
-            if written >= n:
-                written -= n
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
+        _advance(views, os.writev(fd, views[:1024]))
 
 
 def _readv_all(fd: int, buffers: list) -> None:
@@ -264,14 +256,19 @@ def _readv_all(fd: int, buffers: list) -> None:
         got = os.readv(fd, views[:1024])
         if got == 0:
             raise OSError(5, "spill file is shorter than what was written")
-        while got and views:
-            n = views[0].nbytes
-            if got >= n:
-                got -= n
-                views.pop(0)
-            else:
-                views[0] = views[0][got:]
-                got = 0
+        _advance(views, got)
+
+
+def _advance(views: list, done: int) -> None:
+    """Drop the first `done` bytes of `views` (what one writev/readv moved), in place."""
+    while done and views:
+        n = views[0].nbytes
+        if done >= n:
+            done -= n
+            views.pop(0)
+        else:
+            views[0] = views[0][done:]
+            done = 0
 
 
 def _unlink(path: str) -> None:
