@@ -361,7 +361,7 @@ def _is_collection(a: Any) -> bool:
 
 
 def _pop_options(kwargs: dict, what: str) -> dict:
-    from .client import _SUBMIT_OPTIONS
+    from .submission import _SUBMIT_OPTIONS
 
     opts = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
     for ignored in ("asynchronous", "direct", "fifo_timeout"):

@@ -19,9 +19,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,105 +27,13 @@ from hpcdask.comm import CommClosedError, connect, get_backend, listen, parse_ad
 from hpcdask.comm.base import Comm, Listener
 from hpcdask.protocol.auth import AuthenticationError
 from hpcdask.protocol.serialize import Pickled, dumps
-from hpcdask.security import Security, new_secret
+from hpcdask.security import Security
+from hpcdask.testing.polling import async_wait_for
+from hpcdask.testing.transports import TransportSpec, builtin_transports
 
 __all__ = ["CHECKS", "TransportSpec", "builtin_transports", "run_all"]
 
 DEADLINE = 20.0  # seconds any single wait in a check may take
-
-
-@dataclass
-class TransportSpec:
-    """What a check needs to know about the transport under test."""
-
-    scheme: str
-    listen_address: str
-    security: Security
-    wrong_security: list[Security] = field(default_factory=list)  # must all be refused
-    multiprocess: bool = True  # can another process connect to its listeners?
-    connect_kwargs: dict[str, Any] = field(default_factory=dict)
-    listen_kwargs: dict[str, Any] = field(default_factory=dict)
-    # how GPU frames cross: "device" (as they are), "host" (copied), "same-process" (untouched)
-    device_frames: str = "host"
-
-    def __post_init__(self) -> None:
-        if not self.wrong_security:
-            self.wrong_security = [_with_secret(self.security, new_secret())]
-
-    def __repr__(self) -> str:
-        return f"TransportSpec({self.scheme})"
-
-
-def _with_secret(security: Security, secret: bytes) -> Security:
-    other = pickle.loads(pickle.dumps(security))
-    other.secret = secret
-    return other
-
-
-def builtin_transports() -> list[TransportSpec]:
-    """Specs for the built-in schemes whose dependencies are importable here."""
-    secret = new_secret()
-    specs = [
-        TransportSpec("tcp", "tcp://127.0.0.1:0", Security(secret=secret)),
-        TransportSpec(
-            "inproc",
-            "inproc://",
-            Security(secret=secret),
-            multiprocess=False,
-            device_frames="same-process",
-        ),
-    ]
-    for factory in _OPTIONAL:
-        try:
-            spec = factory(secret)
-        except ImportError:
-            continue
-        if spec is not None:
-            specs.append(spec)
-    return specs
-
-
-def _certified(scheme: str, secret: bytes) -> TransportSpec:
-    """A TLS-based scheme: refuses a certificate from another CA as well as a wrong secret."""
-    import cryptography  # noqa: F401 - Security.temporary() needs it
-
-    security = Security.temporary(secret)
-    wrong_ca = Security.temporary(secret)  # right secret, certificate from another CA
-    wrong_secret = _with_secret(security, new_secret())
-    return TransportSpec(
-        scheme, f"{scheme}://127.0.0.1:0", security, wrong_security=[wrong_ca, wrong_secret]
-    )
-
-
-def _tls(secret: bytes) -> TransportSpec:
-    return _certified("tls", secret)
-
-
-def _ucx(secret: bytes) -> TransportSpec | None:
-    import importlib.util
-
-    if importlib.util.find_spec("ucxx") is None:
-        return None
-    os.environ.setdefault("UCX_NET_DEVICES", "lo")  # see hpcdask/comm/ucx.py
-    os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
-    return TransportSpec(
-        "ucx", "ucx://127.0.0.1:0", Security(secret=secret), device_frames="device"
-    )
-
-
-def _ws(secret: bytes) -> TransportSpec:
-    import websockets  # noqa: F401
-
-    return TransportSpec("ws", "ws://127.0.0.1:0", Security(secret=secret))
-
-
-def _wss(secret: bytes) -> TransportSpec:
-    import websockets  # noqa: F401
-
-    return _certified("wss", secret)
-
-
-_OPTIONAL: list[Callable[[bytes], TransportSpec | None]] = [_tls, _ws, _wss, _ucx]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -138,14 +44,6 @@ async def _wait_for(aw: Awaitable[Any], what: str, timeout: float = DEADLINE) ->
         return await asyncio.wait_for(aw, timeout)
     except asyncio.TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
-
-
-async def _poll(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class _Server:
@@ -525,13 +423,13 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
                         pass
                     else:
                         raise AssertionError(f"connected with wrong credentials {wrong}")
-                await _poll(
+                await async_wait_for(
                     lambda: (
                         sum("refused connection from" in m for m in capture.messages)
                         >= len(t.wrong_security)
                     ),
-                    "the listener to log the refusal",
-                )
+                    DEADLINE, 0.005, what="the listener to log the refusal",
+                )  # fmt: skip
                 # 2. raw transport-level peers that skip or botch the handshake
                 scheme, loc = parse_address(addr)
                 backend = get_backend(scheme)
@@ -552,12 +450,12 @@ async def check_refuses_unauthenticated(t: TransportSpec) -> None:
                             await raw.write(frames)
                     await _expect_closed(raw, "the listener to drop an unauthenticated peer")
                 n_refused = len(t.wrong_security) + len(attacks)
-                await _poll(
+                await async_wait_for(
                     lambda: (
                         sum("failed authentication" in m for m in capture.messages) >= n_refused
                     ),
-                    "a WARNING for every refused peer",
-                )
+                    DEADLINE, 0.005, what="a WARNING for every refused peer",
+                )  # fmt: skip
                 assert not handled, "the handler ran for an unauthenticated peer"
                 assert not canary.exists(), "data from an unauthenticated peer was unpickled"
                 # 3. the listener keeps serving
