@@ -9,7 +9,6 @@ futures costs little.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +31,9 @@ class RemoteTraceback(Exception):
 class _Waits:
     """What waits on a FutureState: made on the first wait, as few futures are waited on singly."""
 
-    __slots__ = ("tev", "aev", "callbacks")
+    __slots__ = ("aev", "callbacks")
 
     def __init__(self) -> None:
-        self.tev: threading.Event | None = None
         self.aev: asyncio.Event | None = None
         self.callbacks: list | None = None
 
@@ -99,19 +97,14 @@ class FutureState:
         self.workers = None
         self.data = None
         w = self._waits
-        if w is not None:
-            if w.tev is not None:
-                w.tev.clear()
-            if w.aev is not None:
-                w.aev.clear()
+        if w is not None and w.aev is not None:
+            w.aev.clear()
 
     def _set(self, status: str) -> None:
         self.status = status
         w = self._waits
         if w is None:
             return
-        if w.tev is not None:
-            w.tev.set()
         if w.aev is not None:
             w.aev.set()
         callbacks, w.callbacks = w.callbacks, None
@@ -123,15 +116,6 @@ class FutureState:
         if w is None:
             w = self._waits = _Waits()
         return w
-
-    def thread_event(self) -> threading.Event:
-        w = self._waiting()
-        ev = w.tev
-        if ev is None:
-            ev = w.tev = threading.Event()
-        if self.status != "pending":
-            ev.set()
-        return ev
 
     async def wait(self) -> None:
         if self.status != "pending":
