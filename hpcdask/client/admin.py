@@ -15,8 +15,8 @@ from typing import Any
 
 from ..plugins import WorkerPlugin
 from ..utils.durations import parse_duration
+from ..utils.options import refuse
 from ..utils.versions import get_versions, mismatches
-from .options import refuse
 
 _FORWARDED = "forwarded-log-record"  # topic prefix of forward_logging's events
 

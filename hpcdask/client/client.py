@@ -22,6 +22,7 @@ from ..rpc import BatchedSend, ConnectionPool, RemoteError
 from ..security import Security, resolve_secret
 from ..utils.durations import parse_duration
 from ..utils.loop import SyncAsync, done_awaitable, get_loop_thread
+from ..utils.options import refuse
 from .admin import ClusterAdmin
 from .collections import (
     CollectionsMixin,
@@ -36,7 +37,6 @@ from .executor import ExecutorMixin
 from .future import Future, FutureState
 from .introspection import Introspection
 from .operations import ClusterOperations
-from .options import refuse
 from .primitives import EventLog
 from .structures import (
     _collect,

@@ -7,8 +7,8 @@ import gzip
 import json
 from typing import Any
 
+from ..utils.options import refuse
 from .future import Future
-from .options import refuse
 from .structures import _collect, _workers_list
 
 _NO_DEFAULT = object()

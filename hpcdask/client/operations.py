@@ -9,8 +9,8 @@ from typing import Any
 
 from ..protocol.serialize import Pickled
 from ..utils.loop import done_awaitable
+from ..utils.options import refuse
 from .future import Future
-from .options import refuse
 from .structures import _collect, _workers_list
 
 

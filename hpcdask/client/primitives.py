@@ -18,7 +18,7 @@ from typing import Any
 
 from ..protocol.serialize import Pickled
 from ..protocol.taskspec import dumps_args, loads_args
-from .options import refuse
+from ..utils.options import refuse
 
 _TIMEOUT = "__hpcdask_timeout__"  # see scheduler/coordination.py
 
